@@ -1,0 +1,33 @@
+"""compressor: rewrite pretrained vision models into cheaper ones, measure the truth, publish.
+
+The Python API mirrors the CLI::
+
+    import compressor
+    result = compressor.compress("facebook/detr-resnet-50", "act")    # load, rewrite, measure
+    compressor.save(result, "detr-act")                                  # config, safetensors, recipe, report, card
+    model = compressor.load("detr-act")                                  # rebuild with identical outputs
+"""
+
+__version__ = "0.1.0"
+
+from compressor.errors import CompressorError  # noqa: E402
+
+
+def __getattr__(name):
+    """Import the heavy parts (torch, transformers, timm) only when they are used."""
+    if name in ("compress", "CompressionResult"):
+        from compressor import pipeline
+
+        return getattr(pipeline, name)
+    if name in ("save", "load"):
+        from compressor import serialization
+
+        return getattr(serialization, name)
+    if name == "Recipe":
+        from compressor.recipe import Recipe
+
+        return Recipe
+    raise AttributeError(f"module 'compressor' has no attribute {name!r}")
+
+
+__all__ = ["CompressorError", "CompressionResult", "Recipe", "compress", "load", "save", "__version__"]

@@ -1,0 +1,62 @@
+"""`cli.py compress SOURCE --recipe R`: rewrite a model, measure it, and write the output directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from compressor.atomic_dir import check_output_path
+from compressor.commands.base import Command, add_recipe_arguments, add_source_arguments, parse_input_size
+from compressor.errors import CompressorError
+
+
+def default_output_name(source: str, recipe: str) -> str:
+    """`facebook/detr-resnet-50` + `act` → `detr-resnet-50-act`."""
+    model = Path(source.rstrip("/")).name.removeprefix("hf-hub:") or "model"
+    return re.sub(r"[^\w.-]+", "-", f"{model}-{Path(recipe).stem}")
+
+
+class CompressCommand(Command):
+    name = "compress"
+    help = "apply a recipe to a model and write the compressed model, its recipe, report and card"
+
+    @classmethod
+    def register(cls, parser: argparse.ArgumentParser) -> None:
+        add_source_arguments(parser)
+        add_recipe_arguments(parser, required=True)
+        parser.add_argument("--out", metavar="DIR", help="output directory (default: <model>-<recipe>)")
+        parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+        parser.add_argument("--calib", metavar="DATA",
+                            help="calibration data: a parquet/json file, an image folder, a .txt of paragraphs, "
+                                 "or a Hub dataset id")
+        parser.add_argument("--calib-samples", type=int, default=64, metavar="N",
+                            help="calibration examples to use (default 64)")
+        parser.add_argument("--seed", type=int, default=0, help="seed for hashing and sampling (default 0)")
+        parser.add_argument("--latency-runs", type=int, default=5, metavar="N",
+                            help="timed forwards per model for the latency median (default 5)")
+        parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+        parser.add_argument("--quiet", action="store_true", help="no progress messages")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from compressor.pipeline import compress
+        from compressor.report import format_table
+        from compressor.serialization import save
+
+        out = Path(args.out or default_output_name(args.source, args.recipe))
+        check_output_path(out, args.overwrite)
+        if args.calib_samples < 1 or args.latency_runs < 1:
+            raise CompressorError("--calib-samples and --latency-runs must be at least 1")
+        result = compress(args.source, args.recipe, overrides=args.overrides, calib=args.calib,
+                          calib_samples=args.calib_samples, seed=args.seed,
+                          input_size=parse_input_size(args.input_size), latency_runs=args.latency_runs,
+                          progress=not args.quiet, revision=args.revision,
+                          trust_remote_code=args.trust_remote_code)
+        save(result, out, overwrite=args.overwrite)
+        if args.json:
+            print(json.dumps(result.report, indent=2))
+        else:
+            print(format_table(result.report))
+            print(f"\nwrote {out}/ (config.json, model.safetensors, recipe.yaml, report.json, README.md)")
+        return 0

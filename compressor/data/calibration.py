@@ -1,0 +1,106 @@
+"""Calibration examples for `--calib DATA`, read through `datasets` and preprocessed by the model's own processor.
+
+DATA may be a local parquet/arrow/csv/json(l) file (the image column is the first `Image` feature, or a column
+named `img`/`image`; text is the `text` column), a folder of images, a single image, a `.txt` file of paragraphs
+separated by blank lines (text models), or a Hub dataset id (`uoft-cs/cifar10`, optionally `id:split`).
+A seeded random subset of `limit` examples is used, so calibration is reproducible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from compressor.errors import SourceError
+from compressor.models.base import ModelAdapter
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+TABLE_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+
+
+def _paragraphs(path: Path) -> list[str]:
+    blocks = [" ".join(block.split()) for block in path.read_text(encoding="utf-8").split("\n\n")]
+    return [block for block in blocks if block]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _open_image(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def _dataset_column(dataset, want_text: bool) -> str:
+    from datasets import Image as ImageFeature
+
+    names = list(dataset.features)
+    if want_text:
+        if "text" in names:
+            return "text"
+        strings = [n for n in names if getattr(dataset.features[n], "dtype", None) == "string"]
+        if strings:
+            return strings[0]
+        raise SourceError(f"calibration data has no text column (columns: {', '.join(names)}); add a `text` column")
+    images = [n for n in names if isinstance(dataset.features[n], ImageFeature)]
+    images += [n for n in ("img", "image") if n in names and n not in images]
+    if not images:
+        raise SourceError(f"calibration data has no image column (columns: {', '.join(names)}); "
+                          "expected an Image feature or a column named img/image")
+    return images[0]
+
+
+def _load_dataset(spec: str):
+    import datasets
+
+    path = Path(spec).expanduser()
+    try:
+        if path.suffix.lower() in TABLE_FORMATS and path.is_file():
+            return datasets.load_dataset(TABLE_FORMATS[path.suffix.lower()], data_files=str(path), split="train")
+        name, _, split = spec.partition(":")
+        return datasets.load_dataset(name, split=split or "train")
+    except Exception as error:  # datasets raises many types for unreadable or unreachable data
+        raise SourceError(f"cannot read calibration data {spec!r} ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else 'no detail'})") from None
+
+
+def read_examples(spec: str, want_text: bool, limit: int, seed: int = 0) -> list:
+    """Up to `limit` raw examples (PIL images or strings), a seeded random subset of DATA."""
+    path = Path(spec).expanduser()
+    generator = torch.Generator().manual_seed(seed)
+    if path.is_dir():
+        files = _image_files(path)
+        if not files:
+            raise SourceError(f"calibration folder {path} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        chosen = torch.randperm(len(files), generator=generator)[:limit].sort().values.tolist()
+        return [_open_image(files[i]) for i in chosen]
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        return [_open_image(path)]
+    if path.is_file() and path.suffix.lower() == ".txt":
+        if not want_text:
+            raise SourceError(f"{path} is a text file but this model takes images; pass images or a dataset")
+        paragraphs = _paragraphs(path)
+        chosen = torch.randperm(len(paragraphs), generator=generator)[:limit].sort().values.tolist()
+        return [paragraphs[i] for i in chosen]
+    if not path.exists() and (spec.startswith((".", "/", "~")) or path.suffix):
+        raise SourceError(f"calibration data {spec} does not exist; pass a file, a folder of images or a "
+                          "Hub dataset id")
+    dataset = _load_dataset(spec)
+    column = _dataset_column(dataset, want_text)
+    if len(dataset) == 0:
+        raise SourceError(f"calibration data {spec} is empty")
+    chosen = torch.randperm(len(dataset), generator=generator)[:limit].sort().values.tolist()
+    rows = dataset.select(chosen)[column]
+    return [row.convert("RGB") if hasattr(row, "convert") else row for row in rows]
+
+
+def load_calibration(spec: str, adapter: ModelAdapter, limit: int = 64, seed: int = 0, batch_size: int = 16,
+                     progress: bool = True) -> list[dict[str, torch.Tensor]]:
+    """Preprocessed calibration batches for `adapter`'s model."""
+    examples = read_examples(spec, adapter.token_layout().text, limit, seed)
+    return [adapter.prepare_inputs(examples[start:start + batch_size])
+            for start in range(0, len(examples), batch_size)]

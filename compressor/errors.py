@@ -1,0 +1,27 @@
+"""The one exception type users see.
+
+Every mistake a user can make (a bad recipe, a missing model, an unsupported architecture, a corrupt file)
+ends as a `CompressorError` whose message is a single line saying what is wrong and how to fix it. The CLI
+prints that line and exits with status 2; anything else escaping is a bug in the toolkit.
+"""
+
+
+class CompressorError(Exception):
+    """A user-facing error: one line, what is wrong and how to fix it."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+class RecipeError(CompressorError):
+    """A recipe that cannot be parsed or validated; the message starts with `file:line:` where known."""
+
+
+class SourceError(CompressorError):
+    """A model source that cannot be resolved, downloaded or read."""
+
+
+class UnsupportedModelError(CompressorError):
+    """A model whose architecture no adapter describes."""

@@ -1,0 +1,179 @@
+"""What every family adapter tells the passes about a model.
+
+A pass never looks inside a model directly: it asks the model's adapter where the attention, feed-forward and
+block modules are, what the token layout is, what an example input looks like, and how to route an attention
+module's softmax(QKᵀ)V through a replacement kernel. Supporting a new family means writing one adapter file; an
+adapter knows nothing of the passes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """One attention module.
+
+    `name` is the module's qualified name in the model (what recipe `targets` match). `stack` names the stack of
+    blocks it belongs to ("encoder", "decoder", "stage2", ...), `layer` its index in the whole model's sequence of
+    attention sites of that stack. `kind` is "self" or "cross"; `scope` is "global" (every token sees every token)
+    or "window" (Swin's local windows). Projection names are relative to the model root; a fused QKV projection
+    (timm) has the same name in `query`, `key` and `value`.
+    """
+
+    name: str
+    stack: str
+    layer: int
+    kind: str
+    scope: str
+    num_heads: int
+    head_dim: int
+    query: str
+    key: str
+    value: str
+    output: str
+
+    @property
+    def fused_qkv(self) -> bool:
+        return self.query == self.key == self.value
+
+
+@dataclass(frozen=True)
+class FFNSite:
+    """One feed-forward (MLP) module: `fc1` expands, `fc2` projects back, `activation` sits between."""
+
+    name: str
+    stack: str
+    layer: int
+    fc1: str
+    fc2: str
+    activation: str
+
+
+@dataclass(frozen=True)
+class BlockSite:
+    """One residual block: a transformer layer or a ResNet basic/bottleneck block."""
+
+    name: str
+    stack: str
+    layer: int
+    kind: str  # "transformer", "basic" or "bottleneck"
+    attention: str | None = None
+    ffn: str | None = None
+    convs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How tokens are laid out in the sequence the attention layers see (for an example input).
+
+    `prefix_tokens` are never dropped or merged: ("cls",), ("cls", "distillation"), or () for DETR/Swin/ResNet.
+    `grid` is the (height, width) of the patch/feature grid, `window` the Swin window size, `sequence_length`
+    the number of tokens entering the first block (None for convolutional models).
+    """
+
+    prefix_tokens: tuple[str, ...] = ()
+    grid: tuple[int, int] | None = None
+    window: tuple[int, int] | None = None
+    sequence_length: int | None = None
+    text: bool = False
+
+
+class AttentionKernel(nn.Module):
+    """The contract for a replacement of softmax(q kᵀ · scale + mask) v.
+
+    `forward(query, key, value, attention_mask, scale)` takes (batch, heads, tokens, head_dim) tensors and returns
+    (batch, heads, query_tokens, head_dim). `attention_mask` is None, a bool tensor broadcastable to
+    (batch, heads, query_tokens, key_tokens) with True where attention is allowed, or an additive float tensor of
+    that shape. After each forward, `uncounted_flops` holds the floating-point work the kernel did that torch's
+    FLOP counter cannot see (sorting, scatter and gather), so cost reports stay honest.
+    """
+
+    uncounted_flops: int = 0
+
+    def forward(self, query, key, value, attention_mask, scale):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class ModelAdapter(ABC):
+    """Describes one model family. Subclasses set the class attributes and implement the abstract methods."""
+
+    #: stable identifier used in saved outputs, e.g. "hf-detr" or "timm-vit"
+    family: ClassVar[str]
+    #: "transformers" or "timm"
+    library: ClassVar[str]
+    #: human name for messages and tables, e.g. "DETR (transformers)"
+    display_name: ClassVar[str]
+    #: the task the model's head serves: "image-classification", "object-detection", "feature-extraction", ...
+    task: ClassVar[str] = "feature-extraction"
+
+    def __init__(self, model: nn.Module, processor: Any = None):
+        self.model = model
+        #: the model's own preprocessing (an HF image processor or tokenizer, or a timm data config), if known
+        self.processor = processor
+
+    @classmethod
+    @abstractmethod
+    def handles(cls, model: nn.Module) -> bool:
+        """True when this adapter describes `model`."""
+
+    @abstractmethod
+    def attention_sites(self) -> list[AttentionSite]:
+        """Every attention module, in forward order."""
+
+    @abstractmethod
+    def ffn_sites(self) -> list[FFNSite]:
+        """Every feed-forward module, in forward order (empty for ResNets)."""
+
+    @abstractmethod
+    def blocks(self) -> list[BlockSite]:
+        """Every residual block, in forward order."""
+
+    @abstractmethod
+    def token_layout(self, inputs: dict[str, torch.Tensor] | None = None) -> TokenLayout:
+        """The token layout for `inputs` (default: the example input)."""
+
+    @abstractmethod
+    def example_inputs(self, batch_size: int = 1, size: tuple[int, ...] | None = None,
+                       seed: int = 0) -> dict[str, torch.Tensor]:
+        """Keyword arguments for `model(**inputs)`: a deterministic example at the model's native size.
+
+        `size` overrides the spatial size (height, width) for images or (sequence_length,) for text.
+        """
+
+    @abstractmethod
+    def primary_output(self, outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The output fidelity is measured on, as a (batch, features) tensor: logits, an embedding, or boxes."""
+
+    @abstractmethod
+    def install_attention_kernel(self, site: AttentionSite, kernel: AttentionKernel) -> None:
+        """Route `site`'s softmax(QKᵀ)V through `kernel`; the kernel becomes a submodule named `attention_kernel`."""
+
+    @abstractmethod
+    def prepare_inputs(self, examples: list) -> dict[str, torch.Tensor]:
+        """Model inputs for raw examples (PIL images, or strings for text models), with the model's own
+        preprocessing (`self.processor`, or the family's documented defaults when none is known)."""
+
+    # ----------------------------------------------------------------------------------------------------------
+    def remove_attention_kernel(self, site: AttentionSite) -> None:
+        """Undo `install_attention_kernel`: the site computes exact attention again.
+
+        Adapters route through `attention_kernel` only while that submodule exists, so deleting it is enough.
+        """
+        module = self.module(site.name)
+        if "attention_kernel" in module._modules:
+            del module._modules["attention_kernel"]
+
+    def module(self, name: str) -> nn.Module:
+        return self.model.get_submodule(name)
+
+    def describe_input(self, inputs: dict[str, torch.Tensor]) -> str:
+        """A short human description of an input, e.g. "1×3×800×1066" for the report."""
+        first = next(iter(inputs.values()))
+        return "×".join(str(s) for s in first.shape)

@@ -1,0 +1,116 @@
+"""HF DETR: a CNN backbone, a transformer encoder over the flattened stride-32 feature map, and a decoder whose
+object queries self-attend and cross-attend to the encoder output.
+
+In transformers 5.23 `DetrSelfAttention` (`<model>.encoder.layers.<i>.self_attn`,
+`<model>.decoder.layers.<i>.self_attn`) and `DetrCrossAttention` (`<model>.decoder.layers.<i>.encoder_attn`) own
+`q_proj/k_proj/v_proj/o_proj` and call the AttentionInterface; position embeddings are added to the query and key
+inputs, never to values. `DetrMLP` (`mlp`) owns `fc1/fc2/activation_fn`. `<model>` is `model` under
+DetrForObjectDetection, `detr.model` under DetrForSegmentation and the root for DetrModel. The segmentation head's
+`DetrMHAttentionMap` only produces attention maps for the mask head and is not an attention site.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from compressor.models.base import AttentionSite, BlockSite, FFNSite, TokenLayout
+from compressor.models.hf_common import HFVisionAdapter, flatten_per_example, size_field
+
+#: the size DETR is benchmarked at: a 640×480 COCO image resized to shortest edge 800 (DetrImageProcessor defaults)
+COCO_BENCHMARK_SIZE = (800, 1066)
+#: (height, width) of a typical COCO val2017 image, e.g. 000000039769
+COCO_IMAGE_SIZE = (480, 640)
+
+
+def _layer_classes() -> tuple[type, type]:
+    from transformers.models.detr.modeling_detr import DetrDecoderLayer, DetrEncoderLayer
+
+    return DetrEncoderLayer, DetrDecoderLayer
+
+
+class HFDetrAdapter(HFVisionAdapter):
+    """DetrModel / DetrForObjectDetection / DetrForSegmentation.
+
+    Stacks: "encoder" (global self-attention over the feature map) and "decoder" (self-attention among object
+    queries, kind "self", and cross-attention to the encoder output, kind "cross", both with the decoder layer's
+    index as `layer`). primary_output: per image, the class logits and boxes of every query flattened and
+    concatenated (detection and segmentation heads); for DetrModel the flattened decoder output.
+    """
+
+    family = "hf-detr"
+    display_name = "DETR (transformers)"
+    task = "object-detection"
+    model_types = ("detr",)
+    default_image_size = COCO_BENCHMARK_SIZE
+
+    def _layers(self) -> list[tuple[str, str, int]]:
+        """(stack, layer name, index within the stack) for every encoder then decoder layer."""
+        encoder_layer, decoder_layer = _layer_classes()
+        found = []
+        for stack, layer_class in (("encoder", encoder_layer), ("decoder", decoder_layer)):
+            found += [(stack, name, index) for index, (name, _) in enumerate(self.named_modules_of_type(layer_class))]
+        return found
+
+    def attention_sites(self) -> list[AttentionSite]:
+        sites = []
+        for stack, name, index in self._layers():
+            sites.append(self.make_attention_site(f"{name}.self_attn", stack, index))
+            if stack == "decoder":
+                sites.append(self.make_attention_site(f"{name}.encoder_attn", stack, index, kind="cross"))
+        return sites
+
+    def ffn_sites(self) -> list[FFNSite]:
+        return [self.make_ffn_site(f"{name}.mlp", stack, index) for stack, name, index in self._layers()]
+
+    def blocks(self) -> list[BlockSite]:
+        return [BlockSite(name=name, stack=stack, layer=index, kind="transformer", attention=f"{name}.self_attn",
+                          ffn=f"{name}.mlp") for stack, name, index in self._layers()]
+
+    # --- inputs --------------------------------------------------------------------------------------------------
+    def native_image_size(self) -> tuple[int, int]:
+        """What the processor makes of a 640×480 COCO image (800×1066 with DETR's defaults)."""
+        from transformers.image_transforms import get_size_with_aspect_ratio
+
+        size = getattr(self.processor, "size", None)
+        shortest = size_field(size, "shortest_edge") if size is not None else None
+        if not shortest:
+            return self.default_image_size
+        height, width = get_size_with_aspect_ratio(COCO_IMAGE_SIZE, shortest, size_field(size, "longest_edge"))
+        return int(height), int(width)
+
+    def example_inputs(self, batch_size: int = 1, size: tuple[int, ...] | None = None,
+                       seed: int = 0) -> dict[str, torch.Tensor]:
+        """Pixel values at 800×1066 (or `size`) with a pixel mask of ones: one unpadded image per row."""
+        inputs = super().example_inputs(batch_size, size, seed)
+        pixel_values = inputs["pixel_values"]
+        inputs["pixel_mask"] = torch.ones(pixel_values.shape[0], *pixel_values.shape[-2:], dtype=torch.long)
+        return inputs
+
+    def default_image_processor(self):
+        """DetrImageProcessor() defaults: shortest edge 800 (longest ≤ 1333), ImageNet mean/std, padded batch."""
+        from transformers import DetrImageProcessor
+
+        return DetrImageProcessor()
+
+    def feature_stride(self) -> int:
+        """The backbone's total stride: 32, or 16 for the dilated-C5 (DC5) variants."""
+        backbone = getattr(self.config, "backbone_config", None)
+        output_stride = getattr(backbone, "output_stride", None) if backbone is not None else None
+        return int(output_stride or (16 if getattr(self.config, "dilation", False) else 32))
+
+    def token_layout(self, inputs: dict[str, torch.Tensor] | None = None) -> TokenLayout:
+        """The encoder's tokens: the backbone feature map, each stride-2 step rounding up as padded convs do."""
+        inputs = inputs if inputs is not None else self.example_inputs()
+        height, width = inputs["pixel_values"].shape[-2:]
+        stride = self.feature_stride()
+        grid = (math.ceil(height / stride), math.ceil(width / stride))
+        return TokenLayout(grid=grid, sequence_length=grid[0] * grid[1])
+
+    # --- outputs -------------------------------------------------------------------------------------------------
+    def primary_output(self, outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if getattr(outputs, "pred_boxes", None) is not None:
+            return torch.cat([flatten_per_example(outputs.logits), flatten_per_example(outputs.pred_boxes)], dim=1)
+        return flatten_per_example(outputs.last_hidden_state)

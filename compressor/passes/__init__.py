@@ -1,0 +1,10 @@
+"""The rewriting passes, by the name recipes use."""
+
+from __future__ import annotations
+
+from compressor.passes.act import ACTPass
+from compressor.passes.base import AUTO, COMMON_PARAMS, Param, Pass, PassContext, PassOutcome
+
+PASSES: dict[str, type[Pass]] = {cls.name: cls for cls in [ACTPass]}
+
+__all__ = ["AUTO", "COMMON_PARAMS", "PASSES", "Param", "Pass", "PassContext", "PassOutcome"]

@@ -1,0 +1,107 @@
+"""ACT attention (Zheng et al., "End-to-End Object Detection with Adaptive Clustering Transformer").
+
+Queries (or keys, or both) are hashed with `rounds` rounds of E2LSH of bucket width `bucket_width`; tokens with the
+same codes form a cluster whose prototype is their mean; attention is computed for prototypes only and broadcast
+back. A drop-in on pretrained global self-attention, no retraining.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from compressor.errors import RecipeError
+from compressor.models.base import AttentionSite, ModelAdapter
+from compressor.ops.act_kernel import ACTKernel
+from compressor.passes.base import Param, Pass, PassContext
+
+
+class ACTPass(Pass):
+    name = "act"
+    summary = "Adaptive Clustering Transformer attention: E2LSH-clustered queries, attention per prototype."
+    site_kind = "attention"
+    params = {
+        "rounds": Param("int", 32, "L, the number of E2LSH rounds; tokens share a cluster only if all L codes "
+                        "agree, so more rounds give more, finer clusters.", minimum=1, maximum=1024),
+        "bucket_width": Param("float", 8.0, "r, the E2LSH bucket width in the units of the per-head query "
+                              "vectors; wider buckets give fewer, coarser clusters. The paper uses 8.",
+                              greater_than=0),
+        "cluster": Param("str", "queries", "What to cluster (paper Table 2): `queries` (prototype queries attend "
+                         "to all keys), `keys` (queries attend to key/value prototypes, weighted by cluster "
+                         "size) or `both`.", choices=("queries", "keys", "both")),
+        "fidelity_target": Param("float", None, "Calibrate the bucket width per layer on `--calib` data: the "
+                                 "cheapest per-layer widths whose mean output cosine to the original model is at "
+                                 "least this. `null` uses `bucket_width` everywhere.", greater_than=0, maximum=1,
+                                 nullable=True),
+        "bucket_widths": Param("list[float]", [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0],
+                               "The bucket widths calibration chooses from, per layer (a layer may also be "
+                               "left exact when no width meets the target cheaply).", greater_than=0),
+    }
+
+    def candidate_sites(self, adapter: ModelAdapter) -> list[AttentionSite]:
+        """Global self-attention: ACT clusters queries against the keys of the same tokens."""
+        return [site for site in adapter.attention_sites() if site.kind == "self" and site.scope == "global"]
+
+    def default_sites(self, adapter: ModelAdapter, candidates: list[AttentionSite]) -> list[AttentionSite]:
+        """Encoders only: the DETR encoder (the paper's setting), every ViT/DeiT/BERT layer; not decoders."""
+        return [site for site in candidates if site.stack != "decoder"]
+
+    def plan(self, adapter: ModelAdapter, sites: list[AttentionSite], params: dict[str, Any],
+             context: PassContext) -> dict[str, dict[str, Any]]:
+        if params["fidelity_target"] is None:
+            return {site.name: {"bucket_width": float(params["bucket_width"])} for site in sites}
+        if not context.calibration:
+            raise RecipeError("act.fidelity_target needs calibration data: pass --calib DATA, or set "
+                              "act.fidelity_target=null to use one bucket width everywhere")
+        from compressor.passes.act_calibration import calibrate_bucket_widths
+
+        self.rewrite(adapter, sites, params, {s.name: {"bucket_width": params["bucket_width"]} for s in sites},
+                     context.seed)
+        widths = calibrate_bucket_widths(adapter, [self.kernel(adapter, s) for s in sites], params, context)
+        self.remove(adapter, sites)
+        return {site.name: {"bucket_width": width} for site, width in zip(sites, widths)}
+
+    def rewrite(self, adapter: ModelAdapter, sites: list[AttentionSite], params: dict[str, Any],
+                plan: dict[str, dict[str, Any]], seed: int) -> None:
+        for site in sites:
+            width = plan[site.name]["bucket_width"]
+            if width is None:  # calibration left this layer exact
+                continue
+            kernel = ACTKernel(site.head_dim, rounds=params["rounds"], bucket_width=float(width),
+                               cluster=params["cluster"], seed=site_seed(seed, site.name))
+            adapter.install_attention_kernel(site, kernel)
+
+    @staticmethod
+    def kernel(adapter: ModelAdapter, site: AttentionSite) -> ACTKernel | None:
+        return getattr(adapter.module(site.name), "attention_kernel", None)
+
+    def remove(self, adapter: ModelAdapter, sites: list[AttentionSite]) -> None:
+        """Undo `rewrite` (used between calibration and the final rewrite)."""
+        for site in sites:
+            adapter.remove_attention_kernel(site)
+
+    def reset_statistics(self, adapter: ModelAdapter, sites: list[AttentionSite]) -> None:
+        for site in sites:
+            kernel = self.kernel(adapter, site)
+            if kernel is not None:
+                kernel.reset_statistics()
+
+    def statistics(self, adapter: ModelAdapter, sites: list[AttentionSite]) -> dict[str, Any]:
+        fractions = {}
+        for site in sites:
+            kernel = self.kernel(adapter, site)
+            fractions[site.name] = 1.0 if kernel is None else round(kernel.prototype_fraction(), 4)
+        widths = {site.name: (None if self.kernel(adapter, site) is None
+                              else round(float(self.kernel(adapter, site).bucket_width), 4)) for site in sites}
+        mean = sum(fractions.values()) / len(fractions)
+        return {
+            "prototype_fraction": fractions,
+            "bucket_width": widths,
+            "summary": {"mean prototypes/N": round(mean, 4),
+                        "prototypes/N per layer": " ".join(f"{v:.2f}" for v in fractions.values())},
+        }
+
+
+def site_seed(seed: int, site_name: str) -> int:
+    """A distinct, reproducible hash seed per site, so layers do not share projections."""
+    return (seed * 1_000_003 + zlib.crc32(site_name.encode())) % (2**31)

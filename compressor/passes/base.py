@@ -1,0 +1,138 @@
+"""What a rewriting pass is: a named set of parameters, a choice of sites, a plan, a rewrite, statistics.
+
+A pass runs in two steps so that a compressed model can be rebuilt exactly on reload:
+
+1. `plan` decides the per-site settings (and may calibrate on data): `{site_name: {setting: value}}`.
+   The plan is written into the resolved recipe, so it is plain YAML-able data.
+2. `rewrite` changes the model's structure from the parameters and the plan alone, deterministically from the seed.
+
+On reload, only `rewrite` runs (with the plan read back from `recipe.yaml`), then the saved weights are loaded.
+A pass sees the model only through its adapter.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from compressor.models.base import ModelAdapter
+
+#: the value of `targets` that means "where this pass belongs in this family" (resolved by the adapter's sites)
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One recipe parameter of a pass: its type, default, bounds and documentation.
+
+    `type` is one of "int", "float", "bool", "str", "list[str]", "list[float]". Bounds are inclusive
+    (`minimum`, `maximum`) or exclusive (`greater_than`). `nullable` allows `null` (meaning "off").
+    """
+
+    type: str
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    greater_than: float | None = None
+    nullable: bool = False
+
+    def describe_allowed(self) -> str:
+        """Human text for "what is allowed", used in error messages and the docs."""
+        if self.choices is not None:
+            allowed = "one of " + ", ".join(str(c) for c in self.choices)
+        else:
+            noun = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+                    "list[str]": "a list of strings", "list[float]": "a list of numbers"}[self.type]
+            bounds = []
+            if self.greater_than is not None:
+                bounds.append(f"> {self.greater_than:g}")
+            if self.minimum is not None:
+                bounds.append(f">= {self.minimum:g}")
+            if self.maximum is not None:
+                bounds.append(f"<= {self.maximum:g}")
+            allowed = noun + (" " + " and ".join(bounds) if bounds else "")
+        return allowed + (", or null" if self.nullable else "")
+
+
+#: parameters every pass has
+COMMON_PARAMS: dict[str, Param] = {
+    "targets": Param(
+        "list[str]", [AUTO],
+        "Which sites to rewrite: `auto` (the pass's natural sites for the model's family), a module name, a glob "
+        "(`encoder.layers.*.self_attn`) or a regex prefixed with `re:`."),
+    "ignore": Param(
+        "list[str]", [],
+        "Sites to leave alone, with the same patterns as `targets`."),
+}
+
+
+@dataclass
+class PassContext:
+    """What a pass may use while planning: calibration inputs, the seed, and whether to show progress."""
+
+    seed: int = 0
+    calibration: list[dict[str, torch.Tensor]] | None = None
+    progress: bool = True
+    calibration_source: str | None = None
+
+
+@dataclass
+class PassOutcome:
+    """What applying a pass produced: the plan (for the resolved recipe) and numbers for the report."""
+
+    plan: dict[str, dict[str, Any]]
+    sites: list[str]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class Pass(ABC):
+    """Base class of all rewriting passes."""
+
+    #: the name used in recipes (`act`, `token_merge`, ...)
+    name: ClassVar[str]
+    #: one line for `cli.py recipes` and the docs
+    summary: ClassVar[str]
+    #: the pass's own parameters (COMMON_PARAMS are added to every pass)
+    params: ClassVar[dict[str, Param]]
+    #: what kind of site the targets select from: "attention", "ffn" or "block"
+    site_kind: ClassVar[str]
+
+    @classmethod
+    def all_params(cls) -> dict[str, Param]:
+        return {**COMMON_PARAMS, **cls.params}
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {key: param.default for key, param in cls.all_params().items()}
+
+    # --- sites -------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def candidate_sites(self, adapter: ModelAdapter) -> list:
+        """Every site of `adapter`'s model this pass could rewrite."""
+
+    @abstractmethod
+    def default_sites(self, adapter: ModelAdapter, candidates: list) -> list:
+        """The sites `targets: [auto]` means for this family."""
+
+    # --- the two steps -----------------------------------------------------------------------------------------
+    @abstractmethod
+    def plan(self, adapter: ModelAdapter, sites: list, params: dict[str, Any],
+             context: PassContext) -> dict[str, dict[str, Any]]:
+        """Per-site settings, possibly calibrated on `context.calibration`."""
+
+    @abstractmethod
+    def rewrite(self, adapter: ModelAdapter, sites: list, params: dict[str, Any],
+                plan: dict[str, dict[str, Any]], seed: int) -> None:
+        """Change the model in place, from parameters and plan only (deterministic given `seed`)."""
+
+    def statistics(self, adapter: ModelAdapter, sites: list) -> dict[str, Any]:
+        """Numbers for the report, gathered after a forward pass of the rewritten model."""
+        return {}
+
+    def reset_statistics(self, adapter: ModelAdapter, sites: list) -> None:
+        """Forget what earlier forwards recorded, before a measured forward."""

@@ -1,0 +1,593 @@
+"""Recipes: which passes run, in which order, on which sites, with which parameters.
+
+A recipe is YAML in the style users of llm-compressor know: stages (top-level keys ending in `_stage`, run in
+file order) of named passes (run in order within a stage), each with `targets` / `ignore` patterns, its
+parameters, and optionally the `plan` a previous run calibrated (so a compressed model can be rebuilt exactly)::
+
+    description: One line shown by `cli.py recipes`.
+    compress_stage:
+      act:
+        targets: [auto]
+        rounds: 32
+
+Everything about parameters comes from the pass registry (`Pass.all_params()`), so a new pass needs no change
+here. Validation walks the YAML node tree itself (`yaml.compose`, safe loading only) so that every mistake is
+reported as one line `file:line: dotted.path ...` saying what is wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, NoReturn, Sequence
+
+import yaml
+
+import compressor
+from compressor.errors import RecipeError
+from compressor.passes import AUTO, PASSES, Param, Pass
+
+#: where the built-in recipes live: `recipes/<name>.yaml` at the repository root
+RECIPES_DIR = Path(compressor.__file__).resolve().parents[1] / "recipes"
+BUILTIN_PREFIX = "built-in:"
+STAGE_SUFFIX = "_stage"
+#: stage names end up in dotted `--set` keys, so they may not contain dots
+STAGE_NAME = re.compile(r"[A-Za-z0-9_-]+" + STAGE_SUFFIX)
+#: the key of a pass mapping that holds the per-site plan rather than a parameter
+PLAN_KEY = "plan"
+#: parameters (common to every pass) whose strings are site patterns
+PATTERN_PARAMS = ("targets", "ignore")
+REGEX_PREFIX = "re:"
+#: what a plan setting may hold: what YAML writes and reads back unchanged
+PLAN_SCALARS = (str, int, float, bool, type(None))
+OVERRIDE_FORMS = "<pass>.<param>=<value> or <stage>.<pass>.<param>=<value>"
+
+
+# --- the data ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class PassSpec:
+    """One pass as the recipe asks for it: every parameter resolved, and the plan if one was written."""
+
+    stage: str
+    name: str
+    params: dict[str, Any]
+    plan: dict[str, dict[str, Any]] | None = None
+    #: where the pass was written (1-based), for messages; not part of a recipe's identity
+    line: int | None = field(default=None, compare=False)
+
+    @property
+    def pass_class(self) -> type[Pass]:
+        return PASSES[self.name]
+
+
+@dataclass
+class Stage:
+    name: str
+    passes: list[PassSpec]
+
+
+@dataclass
+class Recipe:
+    """A validated recipe; two recipes are equal when they would do the same thing, wherever they came from."""
+
+    description: str
+    stages: list[Stage]
+    #: a path, `built-in:<name>` or another label of where the recipe came from
+    source: str = field(default="<recipe>", compare=False)
+
+    def passes(self) -> Iterator[PassSpec]:
+        """Every pass in run order: stages in file order, passes in order within a stage."""
+        for stage in self.stages:
+            yield from stage.passes
+
+    # --- loading ---------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> Recipe:
+        """A built-in recipe by name (`act`), or a YAML file by path."""
+        name = str(name_or_path)
+        if name in builtin_names():
+            path, source = RECIPES_DIR / f"{name}.yaml", BUILTIN_PREFIX + name
+        else:
+            path, source = Path(name), name
+            if not path.exists():
+                raise RecipeError(f"{name}: no such recipe file, and not a built-in recipe name; built-in "
+                                  f"recipes: {', '.join(builtin_names()) or 'none'}")
+            if not path.is_file():
+                raise RecipeError(f"{name}: is not a file; give a YAML recipe file or a built-in recipe name")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"{name}: cannot read the recipe: {exc}") from None
+        # errors name the file to fix: the user's own spelling of it, or where the built-in lies
+        return _parse_yaml(text, source=source, label=name if source == name else str(path))
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "<recipe>") -> Recipe:
+        """Parse and validate YAML text; `source` names it in error messages."""
+        return _parse_yaml(text, source=source, label=source)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<recipe>") -> Recipe:
+        """Validate plain data shaped like the YAML (errors have no line numbers)."""
+        try:
+            return _Validator(source).recipe(_Node.from_data(data), source)
+        except RecursionError:
+            raise RecipeError(f"{source}: the recipe is nested too deeply") from None
+
+    # --- deriving --------------------------------------------------------------------------------------------
+    def with_overrides(self, overrides: Sequence[str]) -> Recipe:
+        """A copy with `--set`-style overrides applied in order (`act.rounds=16`, `compress_stage.act.cluster=keys`)."""
+        recipe = copy.deepcopy(self)
+        for override in overrides:
+            recipe._apply_override(override)
+        return recipe
+
+    def with_plans(self, plans: Sequence[dict[str, dict[str, Any]] | None]) -> Recipe:
+        """A copy whose passes carry `plans` (one per pass, in run order), as written into the resolved recipe."""
+        specs = list(self.passes())
+        if len(plans) != len(specs):
+            raise ValueError(f"with_plans: {len(plans)} plans for {len(specs)} passes")
+        validator = _Validator(self.source)
+        recipe = copy.deepcopy(self)
+        for spec, plan in zip(recipe.passes(), plans):
+            spec.plan = validator.plan(_Node.from_data(plan), f"{spec.stage}.{spec.name}.{PLAN_KEY}")
+        return recipe
+
+    def _apply_override(self, override: str) -> None:
+        prefix = f"--set {override}"
+        key, has_value, text = override.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        if not has_value or len(parts) not in (2, 3) or not all(parts):
+            raise RecipeError(f"{prefix}: expected {OVERRIDE_FORMS}")
+        spec = self._spec_for_override(prefix, parts)
+        param_name = parts[-1]
+        params = spec.pass_class.all_params()
+        if param_name not in params:
+            raise RecipeError(f"{prefix}: {key}: {_unknown(f'{spec.name} parameter', param_name, params)}")
+        try:
+            value = yaml.safe_load(text)
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise RecipeError(f"{prefix}: the value is not a valid YAML scalar or flow list: "
+                              f"{_yaml_problem(exc)}") from None
+        try:
+            spec.params[param_name] = _coerce(param_name, params[param_name], value)
+        except _Invalid as invalid:
+            raise RecipeError(f"{prefix}: {key} {invalid.problem}") from None
+
+    def _spec_for_override(self, prefix: str, parts: list[str]) -> PassSpec:
+        """The pass an override key names: `[pass, param]` (if unambiguous) or `[stage, pass, param]`."""
+        *stage_name, pass_name, param_name = parts
+        stages = [stage for stage in self.stages if not stage_name or stage.name == stage_name[0]]
+        if not stages:
+            raise RecipeError(f"{prefix}: {_unknown('stage', stage_name[0], [s.name for s in self.stages])}")
+        specs = [spec for stage in stages for spec in stage.passes if spec.name == pass_name]
+        if not specs:
+            scope = f"stage {stage_name[0]}" if stage_name else "the recipe"
+            present = sorted({spec.name for stage in stages for spec in stage.passes})
+            raise RecipeError(f"{prefix}: {scope} has no pass {pass_name!r}{_did_you_mean(pass_name, present)}; "
+                              f"its passes: {', '.join(present)}")
+        if len(specs) > 1:
+            raise RecipeError(f"{prefix}: {pass_name} appears in several stages "
+                              f"({', '.join(spec.stage for spec in specs)}); use <stage>.<pass>.<param>, "
+                              f"e.g. {specs[0].stage}.{pass_name}.{param_name}")
+        return specs[0]
+
+    # --- writing ---------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain data: description first, every parameter of every pass, plans included."""
+        data: dict[str, Any] = {"description": self.description}
+        for stage in self.stages:
+            data[stage.name] = {}
+            for spec in stage.passes:
+                entry = copy.deepcopy(spec.params)
+                if spec.plan is not None:
+                    entry[PLAN_KEY] = copy.deepcopy(spec.plan)
+                data[stage.name][spec.name] = entry
+        return data
+
+    def to_yaml(self) -> str:
+        """The resolved recipe as YAML that `from_yaml` reads back to an equal recipe."""
+        return yaml_text(self.to_dict())
+
+
+def builtin_names() -> list[str]:
+    """The names `--recipe` accepts without a path: `recipes/<name>.yaml`."""
+    return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
+
+
+def builtin_recipes() -> list[tuple[str, str, Path]]:
+    """(name, description, path) of every built-in recipe, sorted by name; loading them also validates them."""
+    return [(name, Recipe.load(name).description, RECIPES_DIR / f"{name}.yaml") for name in builtin_names()]
+
+
+class _RecipeDumper(yaml.SafeDumper):
+    """Block mappings for structure, flow lists for short lists of scalars: how people write recipes by hand."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flat = all(not isinstance(item, (list, tuple, dict)) for item in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
+
+
+_RecipeDumper.add_representer(list, _represent_list)
+
+
+def yaml_text(data: Any) -> str:
+    """`data` in the recipe YAML style (shared by `Recipe.to_yaml` and the generated docs)."""
+    return yaml.dump(data, Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False, allow_unicode=True,
+                     width=120)
+
+
+# --- checking one parameter value (shared by files and --set) -------------------------------------------------
+
+class _Invalid(Exception):
+    """A value a parameter does not accept; `index` points into a list value when one item is at fault."""
+
+    def __init__(self, problem: str, index: int | None = None):
+        super().__init__(problem)
+        self.problem, self.index = problem, index
+
+
+def _show(value: Any) -> str:
+    """A value as the user would recognise it in YAML terms, short enough for one line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+#: a number in exponent notation without a dot, which PyYAML (YAML 1.1) leaves as a string
+_YAML12_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _as_type(type_name: str, value: Any) -> tuple[bool, Any]:
+    """(accepted, value converted) for a scalar type: no bool for numbers, an int is a fine float."""
+    if type_name == "int":
+        accepted = isinstance(value, int) and not isinstance(value, bool)
+        return accepted, int(value) if accepted else value
+    if type_name == "float":
+        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads `1e-5` (no dot) as a string; YAML 1.2 and users read a number
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        try:
+            number = float(value)
+        except OverflowError:
+            return False, value
+        return math.isfinite(number), number
+    if type_name == "bool":
+        return isinstance(value, bool), value
+    if type_name == "str":
+        return isinstance(value, str), str(value) if isinstance(value, str) else value
+    raise ValueError(f"unknown parameter type {type_name!r}")
+
+
+def _allowed(param: Param, value: Any) -> bool:
+    if param.choices is not None and value not in param.choices:
+        return False
+    if isinstance(value, (int, float)):
+        return ((param.greater_than is None or value > param.greater_than)
+                and (param.minimum is None or value >= param.minimum)
+                and (param.maximum is None or value <= param.maximum))
+    return True
+
+
+def _coerce(name: str, param: Param, value: Any) -> Any:
+    """`value` checked against `param` and normalised (int → float, a lone string → [string]); or `_Invalid`."""
+    expects = f"expects {param.describe_allowed()}"
+    if value is None and param.nullable:
+        return None
+    if not param.type.startswith("list["):
+        accepted, converted = _as_type(param.type, value)
+        if not accepted or not _allowed(param, converted):
+            raise _Invalid(f"{expects}, got {_show(value)}")
+        return converted
+    item_type = param.type[len("list["):-1]
+    if item_type == "str" and isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid(f"{expects}, got {_show(value)}")
+    items = []
+    for index, item in enumerate(value):
+        accepted, converted = _as_type(item_type, item)
+        if not accepted or not _allowed(param, converted):
+            raise _Invalid(f"{expects}, got {_show(item)} at [{index}]", index)
+        items.append(converted)
+    if name in PATTERN_PARAMS:
+        _check_patterns(name, items)
+    return items
+
+
+def _check_patterns(name: str, patterns: list[str]) -> None:
+    """Catch the pattern mistakes visible without a model: nothing targeted, empty names, broken regexes."""
+    if name == "targets" and not patterns:
+        raise _Invalid(f"expects at least one pattern ({AUTO}, a module name, a glob or {REGEX_PREFIX}<regex>), "
+                       "got []; to skip a pass, remove it from the recipe")
+    for index, pattern in enumerate(patterns):
+        if not pattern.strip():
+            raise _Invalid(f"expects non-empty patterns, got {pattern!r} at [{index}]", index)
+        if name != "targets" and pattern == AUTO:
+            raise _Invalid(f"got {AUTO!r} at [{index}], which is only meaningful in targets; use module names, "
+                           f"globs or {REGEX_PREFIX}<regex>", index)
+        if pattern.startswith(REGEX_PREFIX):
+            try:
+                re.compile(pattern[len(REGEX_PREFIX):])
+            except re.error as exc:
+                raise _Invalid(f"got {pattern!r} at [{index}], which is not a valid regular expression "
+                               f"({exc}); write {REGEX_PREFIX}<Python regex>", index) from None
+
+
+def _did_you_mean(key: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown(kind: str, key: str, known: Sequence[str]) -> str:
+    """"unknown <kind> 'x' (did you mean 'y'?); allowed: ..." for keys and names."""
+    return f"unknown {kind} {key!r}{_did_you_mean(key, known)}; allowed: {', '.join(known) or 'none'}"
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """yaml's explanation as one line, with the column when it knows it."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        context = f"{exc.context}, " if exc.context else ""
+        column = f" at column {exc.problem_mark.column + 1}" if exc.problem_mark else ""
+        return f"{context}{exc.problem or 'unreadable'}{column}"
+    return str(exc) or type(exc).__name__
+
+
+# --- the recipe as located values ----------------------------------------------------------------------------
+
+@dataclass
+class _Node:
+    """A value of the recipe and the line it came from (None for dicts), so every error can point at it.
+
+    `value` is the Python scalar for "scalar", a list of `_Node` for "seq", and a list of (key, value) `_Node`
+    pairs for "map": duplicates are kept so that validation can report them.
+    """
+
+    kind: str
+    value: Any
+    line: int | None
+
+    @classmethod
+    def from_data(cls, data: Any) -> _Node:
+        if isinstance(data, dict):
+            return cls("map", [(cls.from_data(k), cls.from_data(v)) for k, v in data.items()], None)
+        if isinstance(data, (list, tuple)):
+            return cls("seq", [cls.from_data(item) for item in data], None)
+        return cls("scalar", data, None)
+
+    @classmethod
+    def from_yaml(cls, node: yaml.Node, label: str) -> _Node:
+        return _YamlReader(label).read(node)
+
+    def plain(self) -> Any:
+        """The Python value, for type checks and messages."""
+        if self.kind == "seq":
+            return [item.plain() for item in self.value]
+        if self.kind == "map":
+            return {_hashable(key.plain()): value.plain() for key, value in self.value}
+        return self.value
+
+    def is_null(self) -> bool:
+        return self.kind == "scalar" and self.value is None
+
+
+def _is_plan_scalar(value: Any) -> bool:
+    """What YAML writes and reads back equal: no containers, objects or NaN."""
+    return isinstance(value, PLAN_SCALARS) and not (isinstance(value, float) and math.isnan(value))
+
+
+def _plain_scalar(value: Any) -> Any:
+    """Subclasses (numpy's float64, str enums) as the built-in type, so the YAML dumper can write them."""
+    for plain in (bool, int, float, str):
+        if isinstance(value, plain):
+            return plain(value)
+    return value
+
+
+def _hashable(key: Any) -> Any:
+    return key if isinstance(key, PLAN_SCALARS) else repr(key)
+
+
+class _YamlReader:
+    """Turns a composed YAML node graph into `_Node`s, constructing scalars with the safe constructor only."""
+
+    DEFAULT_TAGS = {"seq": "tag:yaml.org,2002:seq", "map": "tag:yaml.org,2002:map"}
+
+    def __init__(self, label: str):
+        self.label = label
+        self.constructor = yaml.constructor.SafeConstructor()
+        self.open: set[int] = set()
+
+    def fail(self, node: yaml.Node, message: str) -> NoReturn:
+        raise RecipeError(f"{self.label}:{node.start_mark.line + 1}: {message}")
+
+    def read(self, node: yaml.Node) -> _Node:
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag == "tag:yaml.org,2002:merge":
+                self.fail(node, "merge keys (<<) are not supported in recipes; write the keys out")
+            try:
+                return _Node("scalar", self.constructor.construct_object(node, deep=True), line)
+            except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+                self.fail(node, f"cannot read the value {node.value!r}: {_yaml_problem(exc)}; recipes hold plain "
+                                "strings, numbers, true/false, null, lists and mappings")
+        kind = "seq" if isinstance(node, yaml.SequenceNode) else "map"
+        if node.tag != self.DEFAULT_TAGS[kind]:
+            self.fail(node, f"unsupported tag {node.tag!r}; recipes hold plain lists and mappings")
+        if id(node) in self.open:
+            self.fail(node, "an alias refers to a list or mapping that contains it; recipes cannot be recursive")
+        self.open.add(id(node))
+        if kind == "seq":
+            value = [self.read(item) for item in node.value]
+        else:
+            value = [(self.read(key), self.read(item)) for key, item in node.value]
+        self.open.discard(id(node))
+        return _Node(kind, value, line)
+
+
+def _parse_yaml(text: str, source: str, label: str) -> Recipe:
+    """Compose (never construct arbitrary objects), then validate with line numbers."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is None:
+            raise RecipeError(f"{label}:1: the recipe is empty; expected a mapping with `description` and stages "
+                              f"(top-level keys ending in {STAGE_SUFFIX}, e.g. compress_stage)")
+        return _Validator(label).recipe(_Node.from_yaml(root, label), source)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{label}:{mark.line + 1}:" if mark else f"{label}:"
+        raise RecipeError(f"{where} not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise RecipeError(f"{label}: the recipe is nested too deeply") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{label}: not valid YAML: {_yaml_problem(exc)}") from None
+
+
+# --- validation ----------------------------------------------------------------------------------------------
+
+def _join(path: str, key: str) -> str:
+    """A dotted path; keys that themselves contain dots (site names) are bracketed so the path stays readable."""
+    if not path:
+        return key
+    if "." in key or not key or key != key.strip():
+        return f"{path}[{key!r}]"
+    return f"{path}.{key}"
+
+
+class _Validator:
+    """Checks located recipe values against the pass registry, raising one-line `RecipeError`s."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def fail(self, node: _Node | None, path: str, message: str, separator: str = ": ") -> NoReturn:
+        where = f"{self.label}:{node.line}:" if node is not None and node.line is not None else f"{self.label}:"
+        raise RecipeError(f"{where} {path}{separator}{message}" if path else f"{where} {message}")
+
+    def entries(self, node: _Node, path: str) -> list[tuple[str, _Node, _Node]]:
+        """(key, key node, value node) of a mapping whose keys are strings, each appearing once."""
+        first_line: dict[str, int | None] = {}
+        entries = []
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key_node.kind != "scalar" or not isinstance(key, str):
+                self.fail(key_node, path or "top level",
+                          f"keys must be strings, got {_show(key_node.plain())}; quote it if it is a name")
+            if key in first_line:
+                earlier = f" (first at line {first_line[key]})" if first_line[key] is not None else ""
+                self.fail(key_node, _join(path, key), f"duplicate key{earlier}; each key may appear once in a "
+                                                      "mapping (YAML would silently keep only the last)")
+            first_line[key] = key_node.line
+            entries.append((key, key_node, value_node))
+        return entries
+
+    def recipe(self, root: _Node, source: str) -> Recipe:
+        if root.kind != "map":
+            self.fail(root, "", f"the recipe must be a mapping with `description` and stages (top-level keys "
+                                f"ending in {STAGE_SUFFIX}), got {_show(root.plain())}")
+        description, stages = "", []
+        for key, key_node, value in self.entries(root, ""):
+            if key == "description":
+                description = self.description(value)
+            elif key.endswith(STAGE_SUFFIX):
+                if not STAGE_NAME.fullmatch(key):
+                    self.fail(key_node, key, "a stage name is letters, digits, `_` or `-` followed by "
+                                             f"{STAGE_SUFFIX}, e.g. compress_stage")
+                stages.append(self.stage(key, key_node, value))
+            else:
+                hint = _did_you_mean(key, ["description"]) or (
+                    f" (a stage name must end in {STAGE_SUFFIX}, e.g. {key.rstrip('_')}{STAGE_SUFFIX})")
+                self.fail(key_node, key, f"unknown top-level key{hint}; allowed: description, and stages (keys "
+                                         f"ending in {STAGE_SUFFIX})")
+        if not stages:
+            self.fail(root, "", f"the recipe has no stage; add a top-level key ending in {STAGE_SUFFIX} with at "
+                                f"least one pass, e.g. `compress_stage: {{{min(PASSES)}: {{}}}}`")
+        return Recipe(description, stages, source)
+
+    def description(self, node: _Node) -> str:
+        text = node.value if node.kind == "scalar" else None
+        if not isinstance(text, str) or len(text.strip().splitlines()) > 1:
+            self.fail(node, "description", f"expects one line of text, got {_show(node.plain())}",
+                      separator=" ")
+        return text.strip()
+
+    def stage(self, name: str, key_node: _Node, node: _Node) -> Stage:
+        known = ", ".join(sorted(PASSES))
+        if node.is_null() or (node.kind == "map" and not node.value):
+            self.fail(key_node, name, f"the stage is empty; add at least one pass (known passes: {known})")
+        if node.kind != "map":
+            self.fail(node, name, f"a stage must be a mapping of pass names to their parameters (known passes: "
+                                  f"{known}), got {_show(node.plain())}")
+        passes = []
+        for pass_name, pass_key, pass_value in self.entries(node, name):
+            if pass_name not in PASSES:
+                self.fail(pass_key, _join(name, pass_name), _unknown("pass", pass_name, sorted(PASSES)))
+            passes.append(self.pass_spec(name, pass_name, pass_key, pass_value))
+        return Stage(name, passes)
+
+    def pass_spec(self, stage: str, name: str, key_node: _Node, node: _Node) -> PassSpec:
+        """A pass's parameters with defaults filled in; `null` (or nothing) means all defaults."""
+        path = _join(stage, name)
+        params = PASSES[name].all_params()
+        values = {key: copy.deepcopy(param.default) for key, param in params.items()}
+        plan = None
+        if node.is_null():
+            return PassSpec(stage, name, values, plan, key_node.line)
+        if node.kind != "map":
+            self.fail(node, path, f"expects a mapping of parameters (or nothing, for all defaults), got "
+                                  f"{_show(node.plain())}; {name} parameters: {', '.join(params)}")
+        for key, param_key, value in self.entries(node, path):
+            if key == PLAN_KEY:
+                plan = self.plan(value, _join(path, key))
+            elif key not in params:
+                self.fail(param_key, _join(path, key),
+                          _unknown(f"{name} parameter", key, [*params, PLAN_KEY]))
+            else:
+                values[key] = self.param(params[key], key, value, _join(path, key))
+        return PassSpec(stage, name, values, plan, key_node.line)
+
+    def param(self, param: Param, name: str, node: _Node, path: str) -> Any:
+        if node.kind == "map":
+            self.fail(node, path, f"expects {param.describe_allowed()}, got a mapping", separator=" ")
+        try:
+            return _coerce(name, param, node.plain())
+        except _Invalid as invalid:
+            culprit = node.value[invalid.index] if invalid.index is not None and node.kind == "seq" else node
+            self.fail(culprit, path, invalid.problem, separator=" ")
+
+    def plan(self, node: _Node, path: str) -> dict[str, dict[str, Any]] | None:
+        """Only the plan's shape is checked here: {site: {setting: scalar}}; the pass interprets the rest."""
+        if node.is_null():
+            return None
+        shape = "a mapping of site name to a mapping of settings (e.g. `encoder.layers.0.self_attn: " \
+                "{bucket_width: 4.0}`)"
+        if node.kind != "map":
+            self.fail(node, path, f"expects {shape}, got {_show(node.plain())}", separator=" ")
+        plan = {}
+        for site, _, settings_node in self.entries(node, path):
+            site_path = _join(path, site)
+            if settings_node.kind != "map":
+                self.fail(settings_node, site_path, f"expects a mapping of setting name to value; {path} is "
+                                                    f"{shape}, got {_show(settings_node.plain())}", separator=" ")
+            settings = {}
+            for setting, _, value in self.entries(settings_node, site_path):
+                if value.kind != "scalar" or not _is_plan_scalar(value.value):
+                    self.fail(value, _join(site_path, setting), "expects a scalar (a string, number, true/false "
+                                                                f"or null), got {_show(value.plain())}",
+                              separator=" ")
+                settings[setting] = _plain_scalar(value.value)
+            plan[site] = settings
+        return plan

@@ -1,0 +1,70 @@
+"""The before/after report: what `compress` gained and lost, as JSON and as a table for the terminal.
+
+Every number is measured in the run that wrote it (params counted, FLOPs executed under torch's counter, latency
+as interleaved medians in one process, fidelity as cosine similarity to the original model's outputs).
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import torch
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine facts that make the figures reproducible."""
+    import timm
+    import transformers
+
+    import compressor
+
+    return {
+        "compressor": compressor.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
+
+
+def _ratio(before: float, after: float) -> str:
+    return f"×{after / before:.3f}" if before else "-"
+
+
+def _giga(flops: float) -> str:
+    return f"{flops / 1e9:.3f} G"
+
+
+def _millions(params: float) -> str:
+    return f"{params / 1e6:.3f} M"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The before/after table `cli.py compress` prints."""
+    rows = [("", "before", "after", "after/before")]
+    rows.append(("params", _millions(report["params"]["before"]), _millions(report["params"]["after"]),
+                 _ratio(report["params"]["before"], report["params"]["after"])))
+    rows.append(("FLOPs", _giga(report["flops"]["before"]), _giga(report["flops"]["after"]),
+                 _ratio(report["flops"]["before"], report["flops"]["after"])))
+    latency = report["latency_ms"]
+    rows.append(("latency", f"{latency['before']:.1f} ms", f"{latency['after']:.1f} ms",
+                 _ratio(latency["before"], latency["after"])))
+    for key, value in report.get("fidelity", {}).items():
+        if isinstance(value, float):
+            rows.append((key.replace("_", " "), "1", f"{value:.4f}", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for entry in report.get("passes", []):
+        lines.append("")
+        lines.append(f"{entry['name']} ({entry['stage']}): {len(entry['sites'])} sites")
+        for key, value in entry.get("summary", {}).items():
+            lines.append(f"  {key}: {value}")
+    lines.append("")
+    lines.append(f"measured on {report['input']}; latency: median of {latency['runs']} interleaved runs, "
+                 f"{report['environment']['threads']} threads")
+    return "\n".join(lines)

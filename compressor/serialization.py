@@ -1,0 +1,152 @@
+"""Save a compressed model as a self-describing directory, and rebuild it exactly.
+
+The directory holds `config.json` (the base architecture's own config plus a `compression_config` entry),
+`model.safetensors` (every weight and buffer, including ACT's hash projections), `recipe.yaml` (the resolved recipe
+with every plan), `report.json`, a model card `README.md`, and the model's preprocessing files. Reloading builds
+the base architecture from its config, replays the recipe's deterministic rewrites, then loads the weights strictly:
+the result computes exactly what the model computed in memory after compression.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from compressor import __version__
+from compressor.atomic_dir import atomic_directory
+from compressor.errors import CompressorError, SourceError
+from compressor.models import adapter_for
+from compressor.sources import COMPRESSION_KEY, LoadedModel, load_source, read_config
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+RECIPE = "recipe.yaml"
+REPORT = "report.json"
+
+
+def _library_module(library: str):
+    if library == "transformers":
+        from compressor.models import hf_common as module
+    elif library == "timm":
+        from compressor.models import timm_common as module
+    else:
+        raise SourceError(f"unknown library {library!r} in compression_config; this directory was written by a "
+                          "newer toolkit or edited by hand")
+    return module
+
+
+def _base_config(loaded: LoadedModel) -> dict[str, Any]:
+    library = loaded.adapter.library
+    module = _library_module(library)
+    return module.hf_config_dict(loaded.model) if library == "transformers" else module.timm_config_dict(loaded.model)
+
+
+def save(result, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write `result` (a CompressionResult) to `out`, atomically."""
+    from compressor.model_card import render_model_card
+
+    loaded = result.loaded
+    config = _base_config(loaded)
+    config[COMPRESSION_KEY] = {
+        "format": "compressor",
+        "format_version": FORMAT_VERSION,
+        "compressor_version": __version__,
+        "library": loaded.adapter.library,
+        "family": loaded.adapter.family,
+        "base_model": loaded.base_model,
+        "seed": result.seed,
+        "recipe": RECIPE,
+    }
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+        save_model(loaded.model, str(staging / WEIGHTS), metadata={"format": "pt"})
+        (staging / RECIPE).write_text(result.recipe.to_yaml())
+        (staging / REPORT).write_text(json.dumps(result.report, indent=2) + "\n")
+        processor = loaded.adapter.processor
+        if processor is not None and hasattr(processor, "save_pretrained"):
+            processor.save_pretrained(str(staging))
+        (staging / "README.md").write_text(render_model_card(result, config))
+    return Path(out)
+
+
+def _load_processor(directory: Path, library: str, config: dict[str, Any]):
+    module = _library_module(library)
+    return module.load_processor(directory, config)
+
+
+def load_compressed(directory: str | os.PathLike, source: str | None = None) -> LoadedModel:
+    """Rebuild a directory written by `save`: architecture, recipe rewrites, then the saved weights."""
+    from compressor.pipeline import apply_recipe
+    from compressor.recipe import Recipe
+
+    directory = Path(directory)
+    config = read_config(directory)
+    meta = config.pop(COMPRESSION_KEY)
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise SourceError(f"{directory} was written by compressor {meta.get('compressor_version')} (format "
+                          f"{meta.get('format_version')}); upgrade compressor to load it")
+    for name in (WEIGHTS, RECIPE):
+        if not (directory / name).is_file():
+            raise SourceError(f"{directory} has no {name}; it is not a complete compressed model (re-run compress)")
+    module = _library_module(meta["library"])
+    model = module.build_hf_model(config) if meta["library"] == "transformers" else module.build_timm_model(config)
+    processor = _load_processor(directory, meta["library"], config)
+    loaded = LoadedModel(model, adapter_for(model, processor), source or str(directory), meta["base_model"],
+                         compression=meta, directory=directory)
+    recipe = Recipe.load(str(directory / RECIPE))
+    if any(spec.plan is None for spec in recipe.passes()):
+        raise SourceError(f"{directory / RECIPE} lacks the per-site plan of a resolved recipe; it was not written "
+                          "by compress")
+    apply_recipe(loaded, recipe, seed=int(meta.get("seed", 0)), progress=False)
+    _load_weights(model, directory / WEIGHTS)
+    model.eval()
+    return loaded
+
+
+def _load_weights(model: nn.Module, path: Path) -> None:
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise SourceError(f"{path} is corrupt or truncated ({str(error).splitlines()[0]}); re-download or "
+                          "re-run compress") from None
+    except RuntimeError as error:  # shape mismatch
+        raise SourceError(f"{path} does not match the architecture its config and recipe describe "
+                          f"({str(error).splitlines()[-1].strip()}); the files come from different models") from None
+    if missing or unexpected:
+        detail = (f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}")
+        raise SourceError(f"{path} does not match the recipe ({len(missing)} missing, {len(unexpected)} unexpected "
+                          f"weights, e.g. {detail}); the weights and recipe.yaml come from different runs")
+
+
+def download_compressed(repo_id: str, *, revision: str | None = None, token: str | bool | None = None) -> LoadedModel:
+    """Fetch a compressed model from the Hub with snapshot_download, then rebuild it."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        directory = snapshot_download(repo_id, revision=revision, token=token)
+    except Exception as error:  # offline, 404, auth
+        raise SourceError(f"cannot download {repo_id!r} from the Hub ({type(error).__name__}); check the id, the "
+                          "network and `hf auth login`") from None
+    return load_compressed(directory, source=repo_id)
+
+
+def load(source: str | os.PathLike, *, revision: str | None = None, token: str | bool | None = None,
+         trust_remote_code: bool = False) -> nn.Module:
+    """Load any source — a compressed directory or Hub repo, or an original model — ready for inference."""
+    return load_source(source, revision=revision, token=token, trust_remote_code=trust_remote_code).model
+
+
+def load_with_adapter(source: Any, **kwargs) -> LoadedModel:
+    """Like `load`, but also returns the adapter and provenance (used by the CLI)."""
+    if isinstance(source, LoadedModel):
+        return source
+    return load_source(source, **kwargs)
+
+
+__all__ = ["CompressorError", "download_compressed", "load", "load_compressed", "save"]
