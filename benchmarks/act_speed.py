@@ -2,7 +2,8 @@
 
 The DETR-DC5 encoder attends over a 60×70 feature map (4,200 tokens) with d_model 256 in 8 heads (head_dim 32).
 The baseline is one `F.scaled_dot_product_attention` over the full (1, 8, N, 32) q/k/v — what HF DETR's default
-sdpa attention runs. ACT (`ACTKernel(cluster="queries")`) gets queries with a controlled cluster structure:
+sdpa attention runs — on q/k/v laid out as HF makes them (transposed views of (1, N, 256) projections, "hf") and
+contiguous. ACT (`ACTKernel(cluster="queries")`) gets the same tensors, with queries of a controlled structure:
 C = ratio·N well-separated centres per head, each query a centre plus small noise, and a bucket width that
 recovers them, so the prototype count is known and the measured speed-up can be compared with the ideal N/C.
 Both sides compute full attention outputs for all N queries.
@@ -11,13 +12,15 @@ Runs are interleaved (exact, ACT, then ACT's stages one by one, alternating whic
 hits both sides alike; the medians are reported. ACT's time is broken down into hashing + clustering, prototype
 means, attention, and gathering back, so the overhead of clustering is visible.
 
-    .venv/bin/python benchmarks/act_speed.py [--runs 21] [--tokens 4200] [--out benchmarks/results/act_speed.json]
+    .venv/bin/python benchmarks/act_speed.py [--runs 31] [--tokens 4200] [--layouts hf,contiguous]
+                                             [--out benchmarks/results/act_speed.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -29,13 +32,15 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from compressor.ops import ACTKernel, broadcast_to_members, cluster_means, cluster_tokens, e2lsh_codes  # noqa: E402
+from compressor.ops import ACTKernel  # noqa: E402
+from compressor.ops.clustered_attention import ClusterLayout, TokenTable  # noqa: E402
+from compressor.ops.lsh import combine_codes, e2lsh_codes, group_by_key  # noqa: E402
 
 HEADS, HEAD_DIM = 8, 32  # DETR d_model 256
 ROUNDS = 32  # the paper's L
 RATIOS = (0.5, 0.25)
-CENTRE_SPREAD = 4.0  # centre coordinates ~ N(0, spread²): centres ~45 apart, ~11 buckets along each projection
-QUERY_NOISE = 1e-4  # a query is its centre plus this much Gaussian noise
+CENTRE_SPREAD = 4.0  # centre coordinates ~ N(0, spread²): centres ~32 apart, ~8 buckets apart on each projection
+QUERY_NOISE = 1e-5  # a query is its centre plus this much Gaussian noise
 BUCKET_WIDTH = 4.0  # wide against the noise (no splits), narrow against the centres' distance (no merges)
 STAGES = ("hash_and_cluster", "prototype_means", "attention", "gather")
 
@@ -48,31 +53,35 @@ def planted_queries(tokens: int, ratio: float, generator: torch.Generator) -> to
     return centres[:, :, assignment] + QUERY_NOISE * torch.randn(1, HEADS, tokens, HEAD_DIM, generator=generator)
 
 
-def act_stages(kernel: ACTKernel, query, key, value) -> dict:
-    """ACT's forward split into its stages (the same public functions the kernel calls), one callable each."""
-    rows, tokens = HEADS, query.shape[2]
+def in_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values laid out as HF DETR makes them — a (B, N, H·D) projection viewed as (B, H, N, D) through a
+    transpose — or contiguous (B, H, N, D)."""
+    return x.transpose(1, 2).contiguous().transpose(1, 2) if layout == "hf" else x.contiguous()
+
+
+def act_stages(kernel: ACTKernel, query, key, value) -> tuple[dict, dict]:
+    """ACT's forward (cluster="queries", no mask) split into its stages, with the same functions the kernel calls:
+    ({stage: callable}, the state they fill in, ending with "output")."""
     state: dict = {}
 
     def hash_and_cluster():
-        codes = e2lsh_codes(query, kernel.projections, kernel.offsets_unit, kernel.bucket_width,
+        table = TokenTable.of(query)
+        codes = e2lsh_codes(table.vectors, kernel.projections, kernel.offsets_unit, kernel.bucket_width,
                             dtype=torch.float32)
-        state["clusters"] = cluster_tokens(codes)
+        state["table"] = table
+        state["clusters"] = clusters = group_by_key(table.to_rows(combine_codes(codes)))
+        state["layout"] = ClusterLayout.build(clusters.ids, clusters.num_clusters, clusters.members)
 
     def prototype_means():
-        clusters = state["clusters"]
-        means = cluster_means(query.reshape(rows, tokens, HEAD_DIM), clusters.ids, clusters.num_clusters,
-                              clusters.members)
-        state["prototypes"] = means.view(1, HEADS, clusters.num_clusters, HEAD_DIM)
+        state["prototypes"] = state["layout"].means(state["table"]).view(1, HEADS, -1, HEAD_DIM)
 
     def attention():
         state["prototype_outputs"] = F.scaled_dot_product_attention(state["prototypes"], key, value)
 
     def gather():
-        clusters = state["clusters"]
-        outputs = state["prototype_outputs"].reshape(rows, clusters.num_clusters, HEAD_DIM)
-        state["output"] = broadcast_to_members(outputs, clusters.ids)
+        state["output"] = state["layout"].broadcast(state["prototype_outputs"].reshape(-1, HEAD_DIM), state["table"])
 
-    return dict(zip(STAGES, (hash_and_cluster, prototype_means, attention, gather)))
+    return dict(zip(STAGES, (hash_and_cluster, prototype_means, attention, gather))), state
 
 
 def elapsed_ms(function) -> float:
@@ -81,13 +90,13 @@ def elapsed_ms(function) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def measure(tokens: int, ratio: float, runs: int, warmup: int, seed: int) -> dict:
+def measure(tokens: int, ratio: float, layout: str, runs: int, warmup: int, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
-    query = planted_queries(tokens, ratio, generator)
-    key = torch.randn(1, HEADS, tokens, HEAD_DIM, generator=generator)
-    value = torch.randn(1, HEADS, tokens, HEAD_DIM, generator=generator)
+    query = in_layout(planted_queries(tokens, ratio, generator), layout)
+    key = in_layout(torch.randn(1, HEADS, tokens, HEAD_DIM, generator=generator), layout)
+    value = in_layout(torch.randn(1, HEADS, tokens, HEAD_DIM, generator=generator), layout)
     kernel = ACTKernel(HEAD_DIM, rounds=ROUNDS, bucket_width=BUCKET_WIDTH, cluster="queries", seed=seed)
-    stages = act_stages(kernel, query, key, value)
+    stages, stage_state = act_stages(kernel, query, key, value)
     timed = {
         "exact": lambda: F.scaled_dot_product_attention(query, key, value),
         "act": lambda: kernel(query, key, value, None, None),
@@ -108,8 +117,9 @@ def measure(tokens: int, ratio: float, runs: int, warmup: int, seed: int) -> dic
                         samples[stage].append(elapsed_ms(function))
                 else:
                     samples[name].append(elapsed_ms(timed[name]))
-        exact_error = (kernel(query, key, value, None, None)
-                       - F.scaled_dot_product_attention(query, key, value)).abs().max().item()
+        act_output = kernel(query, key, value, None, None)
+        exact_error = (act_output - F.scaled_dot_product_attention(query, key, value)).abs().max().item()
+        stages_reproduce_kernel = torch.equal(stage_state["output"], act_output)
 
     median = {name: statistics.median(values) for name, values in samples.items()}
     prototype_fraction = kernel.prototype_fraction()
@@ -117,6 +127,7 @@ def measure(tokens: int, ratio: float, runs: int, warmup: int, seed: int) -> dic
     ideal = 1.0 / prototype_fraction
     stage_total = sum(median[stage] for stage in STAGES)
     return {
+        "layout": layout,
         "ratio": ratio,
         "tokens": tokens,
         "prototype_fraction": prototype_fraction,
@@ -128,32 +139,37 @@ def measure(tokens: int, ratio: float, runs: int, warmup: int, seed: int) -> dic
         "breakdown_ms": {stage: median[stage] for stage in STAGES},
         "clustering_overhead_share": (stage_total - median["attention"]) / stage_total,
         "max_abs_difference_to_exact": exact_error,
+        "stages_reproduce_kernel_output": stages_reproduce_kernel,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=21, help="timed runs per ratio (median reported)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed runs per ratio first")
+    parser.add_argument("--runs", type=int, default=31, help="timed runs per ratio and layout (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs per ratio and layout first")
     parser.add_argument("--tokens", type=int, default=60 * 70, help="sequence length N (DETR-DC5: 60×70)")
+    parser.add_argument("--layouts", default="hf,contiguous",
+                        help="q/k/v memory layouts, comma-separated: hf (HF DETR's transposed projections), "
+                             "contiguous")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "act_speed.json")
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.tokens < 8:
-        parser.error("--runs must be >= 1 and --tokens >= 8")
+    layouts = [layout.strip() for layout in args.layouts.split(",") if layout.strip()]
+    if args.runs < 1 or args.tokens < 8 or not layouts or set(layouts) - {"hf", "contiguous"}:
+        parser.error("--runs must be >= 1, --tokens >= 8, --layouts a list of hf and/or contiguous")
 
-    results = [measure(args.tokens, ratio, args.runs, args.warmup, args.seed) for ratio in RATIOS]
+    results = [measure(args.tokens, ratio, layout, args.runs, args.warmup, args.seed)
+               for layout in layouts for ratio in RATIOS]
 
-    header = (f"{'C/N planted':>11} {'C/N measured':>12} {'exact ms':>9} {'ACT ms':>8} {'speed-up':>8} "
-              f"{'ideal N/C':>9} {'efficiency':>10} | {'hash+cluster':>12} {'means':>6} {'attention':>9} "
-              f"{'gather':>6} {'overhead':>8}")
     print(f"N = {args.tokens}, {HEADS} heads × {HEAD_DIM}, batch 1, float32, {torch.get_num_threads()} threads, "
           f"L = {ROUNDS}, r = {BUCKET_WIDTH:g}, median of {args.runs} interleaved runs")
-    print(header)
+    print(f"{'layout':>10} {'C/N':>5} {'C/N meas.':>9} {'exact ms':>9} {'ACT ms':>7} {'speed-up':>8} "
+          f"{'ideal N/C':>9} {'efficiency':>10} | {'hash+cluster':>12} {'means':>6} {'attention':>9} "
+          f"{'gather':>6} {'overhead':>8}")
     for row in results:
         stage = row["breakdown_ms"]
-        print(f"{row['ratio']:>11.2f} {row['prototype_fraction']:>12.4f} {row['exact_ms']:>9.1f} "
-              f"{row['act_ms']:>8.1f} {row['speedup']:>8.2f} {row['ideal_speedup']:>9.2f} "
+        print(f"{row['layout']:>10} {row['ratio']:>5.2f} {row['prototype_fraction']:>9.4f} {row['exact_ms']:>9.1f} "
+              f"{row['act_ms']:>7.1f} {row['speedup']:>8.2f} {row['ideal_speedup']:>9.2f} "
               f"{row['efficiency']:>10.3f} | {stage['hash_and_cluster']:>12.2f} {stage['prototype_means']:>6.2f} "
               f"{stage['attention']:>9.1f} {stage['gather']:>6.2f} {row['clustering_overhead_share']:>8.1%}")
 
@@ -162,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"tokens": args.tokens, "heads": HEADS, "head_dim": HEAD_DIM, "batch": 1, "dtype": "float32",
                    "device": "cpu", "threads": torch.get_num_threads(), "rounds": ROUNDS,
                    "bucket_width": BUCKET_WIDTH, "centre_spread": CENTRE_SPREAD, "query_noise": QUERY_NOISE,
-                   "runs": args.runs, "warmup": args.warmup, "seed": args.seed, "torch": torch.__version__},
+                   "runs": args.runs, "warmup": args.warmup, "seed": args.seed, "torch": torch.__version__,
+                   "malloc_environment": {name: value for name, value in os.environ.items()
+                                          if name.startswith(("MALLOC_", "LD_PRELOAD"))}},
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ tensors, so they can be tested and benchmarked on their own.
 from compressor.ops.act_kernel import ACTKernel
 from compressor.ops.clustered_attention import (broadcast_to_members, cluster_means, cluster_sizes,
                                                 prototype_attention)
-from compressor.ops.lsh import Clusters, cluster_ids, cluster_tokens, e2lsh_codes
+from compressor.ops.lsh import Clusters, cluster_ids, cluster_tokens, combine_codes, e2lsh_codes, group_by_key
 
 __all__ = [
     "ACTKernel",
@@ -17,6 +17,8 @@ __all__ = [
     "cluster_means",
     "cluster_sizes",
     "cluster_tokens",
+    "combine_codes",
     "e2lsh_codes",
+    "group_by_key",
     "prototype_attention",
 ]

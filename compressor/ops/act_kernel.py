@@ -8,13 +8,14 @@ clusters (and answers) exactly as before.
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from compressor.models.base import AttentionKernel
-from compressor.ops.clustered_attention import prototype_attention
-from compressor.ops.lsh import Clusters, cluster_tokens, e2lsh_codes
+from compressor.ops.clustered_attention import TokenTable, prototype_attention
+from compressor.ops.lsh import Clusters, combine_codes, e2lsh_codes, group_by_key
 
 CLUSTER_MODES = ("queries", "keys", "both")
 #: an additive mask entry at or below this is padding: exp(-1e4) is 0 in float32, so the key gets no weight anyway
@@ -150,8 +151,8 @@ class ACTKernel(AttentionKernel):
     def prototype_fraction(self) -> float:
         """Mean prototypes / valid tokens per row over all forwards since the last reset: the clustered side's
         share of attention work (keys when cluster == "keys", else queries)."""
-        statistics = self.key_statistics if self.cluster == "keys" else self.query_statistics
-        return statistics.fraction
+        side = self.key_statistics if self.cluster == "keys" else self.query_statistics
+        return side.fraction
 
     def extra_repr(self) -> str:
         return (f"head_dim={self.head_dim}, rounds={self.rounds}, bucket_width={float(self.bucket_width):g}, "
@@ -183,16 +184,20 @@ class ACTKernel(AttentionKernel):
         return output
 
     def _cluster(self, x: Tensor, valid: Tensor | None) -> Clusters:
-        codes = e2lsh_codes(x, self.projections, self.offsets_unit, self.bucket_width, dtype=torch.float32)
-        return cluster_tokens(codes, valid)
+        """Hash the token vectors where they lie in memory (no copy of HF's transposed q/k), then group per row."""
+        table = TokenTable.of(x)
+        codes = e2lsh_codes(table.vectors, self.projections, self.offsets_unit, self.bucket_width,
+                            dtype=torch.float32)
+        return group_by_key(table.to_rows(combine_codes(codes)), valid)
 
     def _uncounted_flops(self, query: Tensor, key: Tensor, value: Tensor, query_clusters: Clusters | None,
                          key_clusters: Clusters | None) -> int:
-        """Estimated work outside torch's matmul/attention FLOP formulas (the hash projection is a counted matmul).
+        """Estimated work outside torch's matmul/attention FLOP formulas.
 
-        Per clustered side of R rows × N tokens: offset + floor (2·R·N·L), folding codes into keys (R·N·L), the
-        sort (R·N·log2 N) and numbering (3·R·N), member means (R·N·D, + R·C·D divisions). Queries add the gather
-        back (R·Nq·Dv); keys average values too and add the log-size bias (R·C).
+        The hash projection and the limb matmul that folds codes into keys are torch matmuls, which the counter
+        sees. Per clustered side of R rows × N tokens the rest is: offset, floor and the exactness bound over the
+        codes (3·R·N·L), the sort (R·N·log2 N) and numbering (3·R·N), member means (R·N·D, + R·C·D divisions).
+        Queries add the gather back (R·Nq·Dv); keys average values too and add the log-size bias (R·C).
         """
         batch, heads, query_tokens, dim = query.shape
         rows, value_dim = batch * heads, value.shape[-1]

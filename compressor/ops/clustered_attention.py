@@ -6,6 +6,9 @@ prototype (mean key, mean value) stands for its `n` members, so its logit gets +
 it as n copies, as ACT's WeightedSoftMax does. Rows (image × head) have different cluster counts, so prototypes
 are padded to the largest count and one batched scaled_dot_product_attention serves them all. Everything here is
 differentiable in the inputs (means, attention and gathers), so it can be trained through.
+
+Inputs are read where they lie: HF builds q/k/v as (B, N, H·D) projections viewed as (B, H, N, D) through a
+transpose, so `TokenTable` addresses their token vectors in that memory order instead of copying them.
 """
 
 from __future__ import annotations
@@ -19,76 +22,118 @@ from torch import Tensor
 from compressor.ops.lsh import Clusters
 
 
+@dataclass(frozen=True)
+class TokenTable:
+    """The token vectors of a (B, H, N, D) tensor as one (B·H·N, D) table, in memory order, without copying.
+
+    Contiguous tensors lie row by row, (b, h, n); HF's transposed views lie "heads-last", (b, n, h). Anything
+    else is copied once into the contiguous order.
+    """
+
+    vectors: Tensor
+    batch: int
+    heads: int
+    tokens: int
+    heads_last: bool
+
+    @classmethod
+    def of(cls, x: Tensor) -> TokenTable:
+        batch, heads, tokens, dim = x.shape
+        if heads > 1 and not x.is_contiguous() and x.transpose(1, 2).is_contiguous():
+            return cls(x.transpose(1, 2).view(-1, dim), batch, heads, tokens, True)
+        return cls(x.reshape(-1, dim), batch, heads, tokens, False)
+
+    @property
+    def rows(self) -> int:
+        return self.batch * self.heads
+
+    def to_rows(self, per_token: Tensor) -> Tensor:
+        """(B·H·N, ...) values in table order → contiguous (R, N, ...) in row order (a copy only when heads-last:
+        rows are sorted and scanned next, and strided rows would make every one of those passes slow)."""
+        trailing = per_token.shape[1:]
+        if not self.heads_last:
+            return per_token.view(self.rows, self.tokens, *trailing)
+        by_token = per_token.view(self.batch, self.tokens, self.heads, *trailing)
+        return by_token.transpose(1, 2).contiguous().view(self.rows, self.tokens, *trailing)
+
+    def to_table(self, per_row: Tensor) -> Tensor:
+        """(R, N) values in row order → (B·H·N,) in table order (inverse of `to_rows`)."""
+        if not self.heads_last:
+            return per_row.reshape(-1)
+        return per_row.view(self.batch, self.heads, self.tokens).transpose(1, 2).contiguous().view(-1)
+
+    def entries(self, positions: Tensor) -> Tensor:
+        """(R, N) token positions within each row → (R·N,) table entries."""
+        if not self.heads_last:
+            row_starts = torch.arange(0, self.rows * self.tokens, self.tokens, device=positions.device)
+            return (positions + row_starts[:, None]).reshape(-1)
+        rows = torch.arange(self.rows, device=positions.device)[:, None]
+        row_base = (rows // self.heads) * (self.tokens * self.heads) + rows % self.heads
+        return (positions * self.heads + row_base).reshape(-1)
+
+    def view_as_input(self, vectors: Tensor) -> Tensor:
+        """A (B·H·N, D') table in this table's order → (B, H, N, D') view."""
+        if not self.heads_last:
+            return vectors.view(self.batch, self.heads, self.tokens, -1)
+        return vectors.view(self.batch, self.tokens, self.heads, -1).transpose(1, 2)
+
+
 def _slot_index(ids: Tensor, num_clusters: int) -> Tensor:
-    """(R, N) per-row cluster ids → (R·N,) rows of the (R·num_clusters) prototype slots of all rows."""
-    row_starts = torch.arange(ids.shape[0], device=ids.device)[:, None] * num_clusters
-    return (ids + row_starts).reshape(-1)
+    """(R, N) per-row cluster ids → (R, N) rows of the (R·num_clusters) prototype slots of all rows."""
+    row_starts = torch.arange(0, ids.shape[0] * num_clusters, num_clusters, device=ids.device)
+    return ids + row_starts[:, None]
 
 
-def _gather_slots(prototype_values: Tensor, slot_index: Tensor) -> Tensor:
-    """(R, C, D) prototype values → (len(slot_index), D) rows, one index_select (differentiable)."""
-    dim = prototype_values.shape[-1]
-    return prototype_values.reshape(-1, dim).index_select(0, slot_index)
+def _slot_sizes(slot_index: Tensor, num_slots: int) -> Tensor:
+    """(num_slots,) tokens per slot."""
+    return torch.bincount(slot_index.reshape(-1), minlength=num_slots)
 
 
 @dataclass(frozen=True)
 class ClusterLayout:
-    """Flat indices that map the tokens of R rows onto R × num_clusters prototype slots (padding slots empty).
+    """How the tokens of R rows map onto R × num_clusters prototype slots (slots past a row's clusters are empty).
 
-    Built once per clustering and shared by the reductions and the gather, so each costs one kernel:
-    `slot_index` (R·N,) is each token's slot, `member_rows` (R·N,) the token rows listed slot by slot, `sizes`
-    (R·num_clusters,) the member counts and `slot_starts` where each slot's members begin in `member_rows`.
+    Built once per clustering and shared by the reductions and the gather: `slot_index` (R, N) is each token's
+    slot, `members` (R, N) each row's token positions ordered by slot, `sizes` (R·num_clusters,) the member counts
+    (`divisors` the same with empty slots counted as 1) and `slot_starts` where each slot's members begin.
     """
 
-    rows: int
-    tokens: int
     num_clusters: int
     slot_index: Tensor
-    member_rows: Tensor
+    members: Tensor
     sizes: Tensor
+    divisors: Tensor
     slot_starts: Tensor
 
     @classmethod
     def build(cls, ids: Tensor, num_clusters: int, members: Tensor | None = None) -> ClusterLayout:
         """From per-row ids (R, N) and, optionally, each row's token positions ordered by id (saves a sort)."""
-        rows, tokens = ids.shape
         if members is None:
             members = torch.argsort(ids, dim=1)
         slot_index = _slot_index(ids, num_clusters)
-        member_rows = (members + torch.arange(rows, device=ids.device)[:, None] * tokens).reshape(-1)
-        sizes = torch.bincount(slot_index, minlength=rows * num_clusters)
-        return cls(rows, tokens, num_clusters, slot_index, member_rows, sizes, torch.cumsum(sizes, 0) - sizes)
+        sizes = _slot_sizes(slot_index, ids.shape[0] * num_clusters)
+        return cls(num_clusters, slot_index, members, sizes, sizes.clamp(min=1)[:, None],
+                   torch.cumsum(sizes, 0) - sizes)
 
-    def means(self, x: Tensor) -> Tensor:
-        """(R, N, D) → (R, num_clusters, D) member means, zero for empty slots.
+    def means(self, table: TokenTable) -> Tensor:
+        """(R·num_clusters, D) member means of the table's vectors, zero for empty slots.
 
         One embedding_bag sum walks the members slot by slot — a parallel segment sum with no scatter conflicts,
-        differentiable in `x` — then one division by the sizes (embedding_bag's own "mean" mode is slower).
+        differentiable in the vectors — then one division by the sizes (embedding_bag's "mean" mode is slower).
         """
-        dim = x.shape[-1]
-        sums = F.embedding_bag(self.member_rows, x.reshape(self.rows * self.tokens, dim), self.slot_starts,
-                               mode="sum")
-        return (sums / self.sizes.clamp(min=1)[:, None].to(sums.dtype)).view(self.rows, self.num_clusters, dim)
+        sums = F.embedding_bag(table.entries(self.members), table.vectors, self.slot_starts, mode="sum")
+        return sums.div_(self.divisors)
 
-    def broadcast(self, prototype_values: Tensor) -> Tensor:
-        """(R, num_clusters, D) → (R, N, D): every token takes its slot's row."""
-        return _gather_slots(prototype_values, self.slot_index).view(self.rows, self.tokens, -1)
-
-    def broadcast_heads_last(self, prototype_values: Tensor, batch: int) -> Tensor:
-        """(R, num_clusters, D) → (B, H, N, D) laid out as (B, N, H, D) in memory.
-
-        That is the layout scaled_dot_product_attention returns for HF's transposed (B, N, H, D) inputs, so the
-        caller's transpose back to (B, N, H·D) needs no copy.
-        """
-        heads = self.rows // batch
-        token_major = self.slot_index.view(batch, heads, self.tokens).transpose(1, 2).reshape(-1)
-        return _gather_slots(prototype_values, token_major).view(batch, self.tokens, heads, -1).transpose(1, 2)
+    def broadcast(self, prototype_values: Tensor, table: TokenTable) -> Tensor:
+        """(R·num_clusters, D') slot values → (B, H, N, D'): every token takes its slot's row, in the memory order
+        of `table` (so the output is laid out like the input, as scaled_dot_product_attention's output is)."""
+        return table.view_as_input(prototype_values.index_select(0, table.to_table(self.slot_index)))
 
 
 def cluster_sizes(ids: Tensor, num_clusters: int) -> Tensor:
     """(R, num_clusters) member counts of per-row cluster ids (R, N); slots past a row's last cluster count 0."""
-    sizes = torch.bincount(_slot_index(ids, num_clusters), minlength=ids.shape[0] * num_clusters)
-    return sizes.view(ids.shape[0], num_clusters)
+    rows = ids.shape[0]
+    return _slot_sizes(_slot_index(ids, num_clusters), rows * num_clusters).view(rows, num_clusters)
 
 
 def cluster_means(x: Tensor, ids: Tensor, num_clusters: int, members: Tensor | None = None) -> Tensor:
@@ -96,13 +141,15 @@ def cluster_means(x: Tensor, ids: Tensor, num_clusters: int, members: Tensor | N
 
     `members`, each row's token positions ordered by cluster id (`Clusters.members`), saves a sort.
     """
-    return ClusterLayout.build(ids, num_clusters, members).means(x)
+    layout = ClusterLayout.build(ids, num_clusters, members)
+    return layout.means(TokenTable.of(x.unsqueeze(0))).view(ids.shape[0], num_clusters, -1)
 
 
 def broadcast_to_members(prototype_values: Tensor, ids: Tensor) -> Tensor:
     """(R, C, D) per-cluster values → (R, N, D): every token takes its cluster's row."""
-    rows, tokens = ids.shape
-    return _gather_slots(prototype_values, _slot_index(ids, prototype_values.shape[1])).view(rows, tokens, -1)
+    rows, num_clusters, dim = prototype_values.shape
+    flat_slots = _slot_index(ids, num_clusters).reshape(-1)
+    return prototype_values.reshape(-1, dim).index_select(0, flat_slots).view(rows, ids.shape[1], dim)
 
 
 def key_prototype_bias(sizes: Tensor, valid_clusters: Tensor, dtype: torch.dtype) -> Tensor:
@@ -121,20 +168,19 @@ def prototype_attention(query: Tensor, key: Tensor, value: Tensor, *, scale: flo
     without either this is exact attention. `key_bias` — a bool (True = attend) or additive tensor broadcastable
     to (B, H, 1, Nk), the same for every query (key padding) — applies to unclustered keys; with clustered keys,
     padding is carried by the clusters (`valid_clusters`), so passing `key_bias` too is an error.
-    Returns (B, H, Nq, Dv), laid out in memory like scaled_dot_product_attention's output for this query.
+    Returns (B, H, Nq, Dv), laid out in memory like the query (as scaled_dot_product_attention's output is).
     """
-    batch, heads, query_tokens, dim = query.shape
-    rows = batch * heads
+    batch, heads = query.shape[:2]
     if key_clusters is not None and key_bias is not None:
         raise ValueError("prototype_attention: with clustered keys, pass key padding as `valid` to cluster_tokens, "
                          "not as key_bias")
     attention_bias = key_bias
     if key_clusters is not None:
-        key_tokens, num_key_clusters = key.shape[2], key_clusters.num_clusters
+        num_key_clusters = key_clusters.num_clusters
         key_layout = ClusterLayout.build(key_clusters.ids, num_key_clusters, key_clusters.members)
-        key, value = (key_layout.means(x.reshape(rows, key_tokens, x.shape[-1])).view(
-            batch, heads, num_key_clusters, x.shape[-1]) for x in (key, value))
-        attention_bias = key_prototype_bias(key_layout.sizes.view(rows, num_key_clusters),
+        key, value = (key_layout.means(TokenTable.of(x)).view(batch, heads, num_key_clusters, -1)
+                      for x in (key, value))
+        attention_bias = key_prototype_bias(key_layout.sizes.view(batch * heads, num_key_clusters),
                                             key_clusters.valid_clusters, query.dtype)
         attention_bias = attention_bias.view(batch, heads, 1, num_key_clusters)
     if query_clusters is None:
@@ -142,11 +188,7 @@ def prototype_attention(query: Tensor, key: Tensor, value: Tensor, *, scale: flo
 
     num_query_clusters = query_clusters.num_clusters
     query_layout = ClusterLayout.build(query_clusters.ids, num_query_clusters, query_clusters.members)
-    prototypes = query_layout.means(query.reshape(rows, query_tokens, dim))
-    output = F.scaled_dot_product_attention(prototypes.view(batch, heads, num_query_clusters, dim), key, value,
-                                            attn_mask=attention_bias, scale=scale)
-    output = output.reshape(rows, num_query_clusters, output.shape[-1])
-    heads_last = heads > 1 and query.stride(1) < query.stride(2)  # HF's (B, N, H, D) tensor seen as (B, H, N, D)
-    if heads_last:
-        return query_layout.broadcast_heads_last(output, batch)
-    return query_layout.broadcast(output).view(batch, heads, query_tokens, output.shape[-1])
+    query_table = TokenTable.of(query)
+    prototypes = query_layout.means(query_table).view(batch, heads, num_query_clusters, -1)
+    output = F.scaled_dot_product_attention(prototypes, key, value, attn_mask=attention_bias, scale=scale)
+    return query_layout.broadcast(output.reshape(batch * heads * num_query_clusters, -1), query_table)

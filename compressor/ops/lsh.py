@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -54,12 +53,15 @@ def e2lsh_codes(x: Tensor, projections: Tensor, offsets_unit: Tensor, bucket_wid
     """E2LSH codes floor((a·x + b) / r) of (..., N, D) tokens: (..., N, L).
 
     `projections` (L, D) holds the a_l, `offsets_unit` (L,) in [0, 1) the b_l / r. The projection is one torch
-    matmul (so FlopCounterMode sees it) of x with a / r, followed by + b / r and floor. `dtype=torch.float32`
-    returns the same integers as floats, which `cluster_tokens` consumes without a conversion pass.
+    matmul (so FlopCounterMode sees it) of x with a / r, followed by + b / r and floor, in float32 whatever the
+    input dtype (bucket edges need the precision). `dtype=torch.float32` returns the same integers as floats,
+    which `combine_codes` consumes without a conversion pass.
     """
-    scaled_projections = (projections / bucket_width).t().to(torch.float32)
-    codes = torch.matmul(x.detach().to(torch.float32), scaled_projections)
-    codes.add_(offsets_unit.to(torch.float32)).floor_()
+    x = x.detach()
+    if x.dtype != torch.float32:
+        x = x.to(torch.float32)
+    codes = torch.matmul(x, (projections.float() / bucket_width).t())
+    codes.add_(offsets_unit.float()).floor_()
     return codes if dtype == torch.float32 else codes.to(dtype)
 
 
@@ -71,18 +73,16 @@ def _hash_multipliers(rounds: int, device: torch.device) -> Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _multiplier_limbs(rounds: int, limb_bits: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """The multipliers cut into `limb_bits`-bit limbs: (rounds, 2·k) float32 limbs, (2·k, 2) float64 place values.
+def _multiplier_limbs(rounds: int, limb_bits: int, device: torch.device) -> Tensor:
+    """The multipliers cut into `limb_bits`-bit limbs, lowest first: (rounds, 2·k) float32, hash-major.
 
-    codes @ limbs is exact in float32 while Σ_l |c_l| · 2^limb_bits <= 2^24; @ place values then reassembles
-    Σ_l c_l·m_l exactly in float64 (every partial sum stays below Σ_l |c_l| · 2^24 < 2^53).
+    codes @ limbs is exact in float32 while Σ_l |c_l| · 2^limb_bits <= 2^24.
     """
     multipliers = _hash_multipliers(rounds, device)
     limbs_per_multiplier = -(-HASH_PRIME.bit_length() // limb_bits)
     shifts = torch.arange(limbs_per_multiplier, device=device) * limb_bits
     limbs = (multipliers[:, :, None] >> shifts) & (2**limb_bits - 1)  # (rounds, 2, k)
-    powers = (2.0 ** shifts.double())[:, None]
-    return limbs.reshape(rounds, -1).to(torch.float32), torch.block_diag(powers, powers)
+    return limbs.reshape(rounds, -1).to(torch.float32)
 
 
 def _float32_matmul_is_ieee(device: torch.device) -> bool:
@@ -99,31 +99,34 @@ def _float32_matmul_is_ieee(device: torch.device) -> bool:
 
 
 def combine_codes(codes: Tensor) -> Tensor:
-    """One int64 key in [0, HASH_PRIME²) per L-tuple of codes: (R, N, L) → (R, N).
+    """One int64 key in [0, HASH_PRIME²) per L-tuple of codes: (..., L) → (...).
 
     key = h_1·P + h_2 with h_j = Σ_l c_l·m_lj mod P. When Σ_l |c_l| < 2^23 (always, unless the bucket width is
-    tiny against the tokens), Σ_l c_l·m_lj is computed exactly by a float32 matmul against the multipliers cut
-    into limbs small enough that no sum rounds (`_multiplier_limbs`; float64 if float32 matmuls may run in
-    reduced precision); a full-width float64 matmul would first need a conversion pass over all codes, which
-    costs more. Otherwise the codes are reduced mod P and the products summed in int64, each product below 2^48,
-    so nothing relies on integer overflow. Both paths give the same key.
+    tiny against the tokens), one float32 matmul against the multipliers cut into limbs small enough that no sum
+    rounds (`_multiplier_limbs`; float64 if float32 matmuls may run in reduced precision) gives exact per-limb
+    sums, reassembled in int64 — cheaper than converting every code to float64. Otherwise the codes are reduced
+    mod P and the products summed in int64, each product below 2^48. Nothing relies on integer overflow, and both
+    paths give the same key.
     """
-    rows, tokens, rounds = codes.shape
-    flat_codes = codes.reshape(rows * tokens, rounds)
+    rounds = codes.shape[-1]
+    flat_codes = codes.reshape(-1, rounds)
     smallest, largest = torch.aminmax(flat_codes)
     sum_bound = rounds * max(-int(smallest), int(largest))
     if sum_bound < _LIMB_SUM_BOUND:
         limb_bits = _FLOAT32_MANTISSA_BITS - sum_bound.bit_length()
-        limbs, place_values = _multiplier_limbs(rounds, limb_bits, codes.device)
+        limbs = _multiplier_limbs(rounds, limb_bits, codes.device)
         limb_dtype = torch.float32 if _float32_matmul_is_ieee(codes.device) else torch.float64
-        limb_sums = torch.mm(flat_codes.to(limb_dtype), limbs.to(limb_dtype))
-        sums = torch.mm(limb_sums.to(torch.float64), place_values).to(torch.int64)
+        limb_sums = torch.mm(flat_codes.to(limb_dtype), limbs.to(limb_dtype)).to(torch.int64)
+        limb_sums = limb_sums.view(flat_codes.shape[0], 2, -1)
+        sums = limb_sums[:, :, -1]
+        for limb in range(limb_sums.shape[2] - 2, -1, -1):  # Horner over the few limbs, highest first
+            sums = torch.add(limb_sums[:, :, limb], sums, alpha=2**limb_bits)
         hashes = torch.remainder(sums, HASH_PRIME)
     else:
         residues = torch.remainder(flat_codes.to(torch.int64), HASH_PRIME)[:, :, None]
         terms = torch.remainder(residues * _hash_multipliers(rounds, codes.device), HASH_PRIME)
         hashes = torch.remainder(terms.sum(dim=1), HASH_PRIME)
-    return (hashes[:, 0] * HASH_PRIME + hashes[:, 1]).view(rows, tokens)
+    return torch.add(hashes[:, 1], hashes[:, 0], alpha=HASH_PRIME).view(codes.shape[:-1])
 
 
 def sort_rows(keys: Tensor) -> tuple[Tensor, Tensor]:
@@ -137,23 +140,21 @@ def sort_rows(keys: Tensor) -> tuple[Tensor, Tensor]:
     position_bits = max(1, (tokens - 1).bit_length())
     if keys.device.type != "cpu" or KEY_BITS + position_bits > 63:
         return torch.sort(keys, dim=1)
-    packed = (keys << position_bits) | torch.arange(tokens, device=keys.device)
+    packed = torch.add(torch.arange(tokens, device=keys.device), keys, alpha=2**position_bits)
     packed.numpy().sort(axis=1)
     return packed >> position_bits, packed & (2**position_bits - 1)
 
 
-def cluster_tokens(codes: Tensor, valid: Tensor | None = None) -> Clusters:
-    """Group the tokens of each row by their L-tuple of codes (..., N, L); see `Clusters`.
+def group_by_key(keys: Tensor, valid: Tensor | None = None) -> Clusters:
+    """Group the tokens of each row of (R, N) keys (from `combine_codes`): equal keys, one cluster; see `Clusters`.
 
-    `valid` (..., N) bool marks real tokens: padded ones are keyed in a separate namespace, so they never share a
-    cluster with a valid token, and are numbered after every valid cluster. Integer-valued float codes are fine.
+    `valid` (R, N) bool marks real tokens: padded ones are keyed in a separate namespace, so they never share a
+    cluster with a valid token, and are numbered after every valid cluster.
     """
-    tokens, rounds = codes.shape[-2:]
-    keys = combine_codes(codes.reshape(-1, tokens, rounds))
-    rows = keys.shape[0]
+    rows, tokens = keys.shape
+    keys = keys.contiguous()  # every pass below walks rows
     if valid is not None:
-        valid = valid.reshape(rows, tokens)
-        keys.add_((~valid).to(torch.int64) * PADDING_NAMESPACE)
+        keys = torch.add(keys, ~valid, alpha=PADDING_NAMESPACE)
     sorted_keys, members = sort_rows(keys)
     sorted_ids = torch.zeros_like(members)
     torch.cumsum(sorted_keys[:, 1:] != sorted_keys[:, :-1], dim=1, out=sorted_ids[:, 1:])
@@ -167,6 +168,16 @@ def cluster_tokens(codes: Tensor, valid: Tensor | None = None) -> Clusters:
         last_valid_id = sorted_ids.gather(1, (valid_tokens - 1).clamp(min=0)[:, None]).squeeze(1)
         valid_clusters = torch.where(valid_tokens > 0, last_valid_id + 1, 0)
     return Clusters(ids, members, counts_per_row, valid_clusters, valid_tokens, int(counts_per_row.max()))
+
+
+def cluster_tokens(codes: Tensor, valid: Tensor | None = None) -> Clusters:
+    """Group the tokens of each row by their L-tuple of codes (..., N, L); rows = flattened leading dimensions.
+
+    `valid` (..., N) bool marks real tokens (see `group_by_key`). Integer-valued float codes are fine.
+    """
+    tokens = codes.shape[-2]
+    keys = combine_codes(codes).reshape(-1, tokens)
+    return group_by_key(keys, None if valid is None else valid.reshape(-1, tokens))
 
 
 def cluster_ids(codes: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:

