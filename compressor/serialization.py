@@ -142,11 +142,4 @@ def load(source: str | os.PathLike, *, revision: str | None = None, token: str |
     return load_source(source, revision=revision, token=token, trust_remote_code=trust_remote_code).model
 
 
-def load_with_adapter(source: Any, **kwargs) -> LoadedModel:
-    """Like `load`, but also returns the adapter and provenance (used by the CLI)."""
-    if isinstance(source, LoadedModel):
-        return source
-    return load_source(source, **kwargs)
-
-
 __all__ = ["CompressorError", "download_compressed", "load", "load_compressed", "save"]

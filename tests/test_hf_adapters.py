@@ -18,6 +18,7 @@ from compressor.models.hf_detr import HFDetrAdapter
 from compressor.models.hf_resnet import HFResNetAdapter
 from compressor.models.hf_swin import HFSwinAdapter
 from compressor.models.hf_vit import HFViTAdapter
+from probes import input_of
 from shared_assets import shared
 
 #: checkpoint fixture -> (adapter class, model class, attention module class of every site)
@@ -70,16 +71,6 @@ def install_counting_kernels(adapter, sites):
         kernels[site.name] = ExactKernelThatCounts()
         adapter.install_attention_kernel(site, kernels[site.name])
     return kernels
-
-
-def input_of(module, model, inputs):
-    """The first positional input `module` receives during a forward of `model`."""
-    seen = []
-    handle = module.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
-    with torch.no_grad():
-        model(**inputs)
-    handle.remove()
-    return seen[0]
 
 
 # --- which adapter, which sites -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from compressor.models.timm_common import (build_timm_model, load_processor, loa
 from compressor.models.timm_resnet import TimmResNetAdapter
 from compressor.models.timm_swin import TimmSwinAdapter
 from compressor.models.timm_vit import TimmViTAdapter
+from probes import input_of
 from shared_assets import shared
 
 ADAPTER_BY_CHECKPOINT = {"timm_vit_dir": TimmViTAdapter, "timm_deit_dir": TimmViTAdapter,
@@ -41,16 +42,6 @@ class CountingExactKernel(AttentionKernel):
     def forward(self, query, key, value, attention_mask, scale):
         self.calls += 1
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scale)
-
-
-def tokens_entering_first_block(model, first_block, inputs):
-    """The token tensor the first transformer block really receives."""
-    seen = []
-    handle = first_block.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-    with torch.no_grad():
-        model(**inputs)
-    handle.remove()
-    return seen[0]
 
 
 @pytest.mark.parametrize("checkpoint", sorted(ADAPTER_BY_CHECKPOINT))
@@ -100,7 +91,7 @@ def test_vit_token_layout_matches_the_tokens_the_first_block_sees(architecture, 
     adapter = adapter_for(model)
     layout = adapter.token_layout()
 
-    tokens = tokens_entering_first_block(model, model.blocks[0], adapter.example_inputs())
+    tokens = input_of(model.blocks[0], model, adapter.example_inputs())
     assert layout.prefix_tokens == prefix
     assert layout.grid == (4, 4)
     assert layout.sequence_length == tokens.shape[1] == len(prefix) + 16
@@ -117,7 +108,7 @@ def test_swin_sites_are_window_attention_with_one_stack_per_stage(timm_swin_dir)
     assert all(type(adapter.module(site.name)) is WindowAttention and site.scope == "window" for site in sites)
     assert [site.fc2 for site in adapter.ffn_sites()][-1] == "layers.1.blocks.1.mlp.fc2"
     layout = adapter.token_layout()
-    tokens = tokens_entering_first_block(model, model.layers[0].blocks[0], adapter.example_inputs())
+    tokens = input_of(model.layers[0].blocks[0], model, adapter.example_inputs())
     assert (layout.prefix_tokens, layout.window, layout.grid) == ((), (7, 7), (14, 14))
     assert layout.sequence_length == tokens.shape[1] * tokens.shape[2] == 196
 

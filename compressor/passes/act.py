@@ -33,7 +33,8 @@ class ACTPass(Pass):
                                  "cheapest per-layer widths whose mean output cosine to the original model is at "
                                  "least this. `null` uses `bucket_width` everywhere.", greater_than=0, maximum=1,
                                  nullable=True),
-        "bucket_widths": Param("list[float]", [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0],
+        "bucket_widths": Param("list[float]",
+                               [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0],
                                "The bucket widths calibration chooses from, per layer (a layer may also be "
                                "left exact when no width meets the target cheaply).", greater_than=0),
     }
