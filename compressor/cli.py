@@ -37,6 +37,9 @@ def _quiet_libraries() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,9 +63,9 @@ def test_builtin_recipes_spell_out_every_parameter():
                     assert set(params) >= set(PASSES[pass_name].all_params()), f"{name}: {pass_name}"
 
 
-def test_act_calibrated_differs_from_act_only_in_fidelity_target():
+def test_act_calibrated_differs_from_act_only_in_fidelity_target_and_rounds():
     (plain,), (calibrated,) = Recipe.load("act").passes(), Recipe.load("act-calibrated").passes()
-    assert calibrated.params == {**plain.params, "fidelity_target": 0.99}
+    assert calibrated.params == {**plain.params, "fidelity_target": 0.98, "rounds": 16}
     assert "--calib" in Recipe.load("act-calibrated").description
 
 

@@ -175,5 +175,5 @@ class ModelAdapter(ABC):
 
     def describe_input(self, inputs: dict[str, torch.Tensor]) -> str:
         """A short human description of an input, e.g. "1×3×800×1066" for the report."""
-        first = next(iter(inputs.values()))
-        return "×".join(str(s) for s in first.shape)
+        main = next((inputs[k] for k in ("pixel_values", "input_ids") if k in inputs), next(iter(inputs.values())))
+        return "×".join(str(s) for s in main.shape)
