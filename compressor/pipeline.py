@@ -88,10 +88,13 @@ def apply_recipe(loaded: LoadedModel, recipe: Recipe, seed: int, context: PassCo
         rewriter = PASSES[spec.name]()
         sites = sites_for(rewriter, spec, loaded)
         plan = spec.plan
-        if plan is None:
+        planned = plan is None
+        if planned:
             log(f"{spec.name}: planning {len(sites)} sites", progress)
             plan = rewriter.plan(loaded.adapter, sites, spec.params, context or PassContext(seed=seed))
         rewriter.rewrite(loaded.adapter, sites, spec.params, plan, seed)
+        if planned:
+            rewriter.initialise(loaded.adapter, sites, spec.params, plan, context or PassContext(seed=seed))
         applied.append(AppliedPass(spec, rewriter, sites, plan))
     return recipe.with_plans([item.plan for item in applied]), applied
 

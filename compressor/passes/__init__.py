@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from compressor.passes.act import ACTPass
 from compressor.passes.base import AUTO, COMMON_PARAMS, Param, Pass, PassContext, PassOutcome
+from compressor.passes.tied_weights import TiedWeightsPass
 
-PASSES: dict[str, type[Pass]] = {cls.name: cls for cls in [ACTPass]}
+PASSES: dict[str, type[Pass]] = {cls.name: cls for cls in [ACTPass, TiedWeightsPass]}
 
 __all__ = ["AUTO", "COMMON_PARAMS", "PASSES", "Param", "Pass", "PassContext", "PassOutcome"]

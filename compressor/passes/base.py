@@ -28,7 +28,7 @@ AUTO = "auto"
 class Param:
     """One recipe parameter of a pass: its type, default, bounds and documentation.
 
-    `type` is one of "int", "float", "bool", "str", "list[str]", "list[float]". Bounds are inclusive
+    `type` is one of "int", "float", "bool", "str", "list[str]", "list[float]", "list[int]". Bounds are inclusive
     (`minimum`, `maximum`) or exclusive (`greater_than`). `nullable` allows `null` (meaning "off").
     """
 
@@ -47,7 +47,8 @@ class Param:
             allowed = "one of " + ", ".join(str(c) for c in self.choices)
         else:
             noun = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-                    "list[str]": "a list of strings", "list[float]": "a list of numbers"}[self.type]
+                    "list[str]": "a list of strings", "list[float]": "a list of numbers",
+                    "list[int]": "a list of integers"}[self.type]
             bounds = []
             if self.greater_than is not None:
                 bounds.append(f"> {self.greater_than:g}")
@@ -129,6 +130,13 @@ class Pass(ABC):
     def rewrite(self, adapter: ModelAdapter, sites: list, params: dict[str, Any],
                 plan: dict[str, dict[str, Any]], seed: int) -> None:
         """Change the model in place, from parameters and plan only (deterministic given `seed`)."""
+
+    def initialise(self, adapter: ModelAdapter, sites: list, params: dict[str, Any],
+                   plan: dict[str, dict[str, Any]], context: PassContext) -> None:
+        """Set new weights from the original model's, after `rewrite`, when this run planned.
+
+        Never called on reload, where every weight comes from the saved file (tied weights fitted here).
+        """
 
     def statistics(self, adapter: ModelAdapter, sites: list) -> dict[str, Any]:
         """Numbers for the report, gathered after a forward pass of the rewritten model."""
