@@ -172,9 +172,9 @@ class TiedWeightsPass(Pass):
                     for parameter, value in zip(parameters, saved):
                         parameter.data.copy_(value)
                     chosen = "closed_form"
-            for site in entry:
-                entry[site]["chosen"] = chosen
-                entry[site]["held_out"] = len(split_records(units[0].records)[1]) < len(units[0].records)
+            for unit in units:
+                entry[unit.site]["chosen"] = chosen
+                entry[unit.site]["held_out"] = len(split_records(unit.records)[1]) < len(unit.records)
             self._initialisation.update(entry)
         del self._weights, self._units
 
