@@ -156,10 +156,10 @@ def test_vit_b16_transformer_block_weights_are_halved_exactly():
 
     with torch.device("meta"):
         model = ViTForImageClassification(ViTConfig(num_labels=1000))
-    before_total, before_blocks = count_parameters(model), _block_weights(model, "vit.encoder.layer")
-    before_blocks = before_blocks or _block_weights(model, "vit.layers")
+    before_total, before_blocks = count_parameters(model), _block_weights(model, "vit.layers.")
+    assert before_blocks == 12 * 12 * 768 * 768  # q, k, v, o (4 d²) and fc1, fc2 (8 d²) per layer
     apply_recipe(_meta_loaded(model), _recipe(init="closed_form"), seed=0, progress=False)
-    after_blocks = _block_weights(model, "vit.encoder.layer") or _block_weights(model, "vit.layers")
+    after_blocks = _block_weights(model, "vit.layers.")
     assert after_blocks * 2 == before_blocks
     assert before_total - count_parameters(model) == before_blocks // 2
 
