@@ -372,6 +372,7 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
     safetensors; remote code runs only with `trust_remote_code=True`.
     """
     import transformers
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel
 
     source = str(source)
@@ -401,6 +402,9 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
         raise SourceError(f"cannot load the weights of {source} with {model_class.__name__}: {_first_line(error)}"
                           f"{'' if is_local else _offline_hint()}; the toolkit reads model.safetensors "
                           f"(re-save a .bin checkpoint with save_pretrained)") from None
+    except SafetensorError as error:
+        raise SourceError(f"the model.safetensors of {source} is corrupt or truncated ({_first_line(error)}); "
+                          "re-download it or re-save the model with save_pretrained") from None
     processor = _load_processor(adapter_class.processor_kind, source, config_file.parent, is_local,
                                 revision=revision, token=token, trust_remote_code=trust_remote_code)
     return model.eval(), processor

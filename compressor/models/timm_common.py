@@ -265,10 +265,11 @@ def _create_from_directory(directory: Path, *, pretrained: bool) -> nn.Module:
     """timm's own local-dir loader: it reads the config, builds with its model_args, then loads the weights
     (safetensors first; other formats with torch.load(weights_only=True), never unrestricted pickle)."""
     import timm
+    from safetensors import SafetensorError
 
     try:
         return timm.create_model(f"local-dir:{directory}", pretrained=pretrained).eval()
-    except (RuntimeError, OSError, ValueError, TypeError, AssertionError) as error:
+    except (RuntimeError, OSError, ValueError, TypeError, AssertionError, SafetensorError) as error:
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise SourceError(f"cannot build the timm model in {directory}: {detail}; re-save it with "
                           "timm.models.save_for_hf(model, dir, safe_serialization=True)") from None
