@@ -71,7 +71,7 @@ def save(result, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
         processor = loaded.adapter.processor
         if processor is not None and hasattr(processor, "save_pretrained"):
             processor.save_pretrained(str(staging))
-        (staging / "README.md").write_text(render_model_card(result, config))
+        (staging / "README.md").write_text(render_model_card(result, config, load_as=str(out)))
     return Path(out)
 
 

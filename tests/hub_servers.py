@@ -106,3 +106,137 @@ def point_hub_at(monkeypatch, endpoint: str, cache: Path) -> None:
 def hub_endpoint(olah_hub, monkeypatch, tmp_path) -> OlahHub:
     point_hub_at(monkeypatch, olah_hub.endpoint, tmp_path / "hub-cache")
     return olah_hub
+
+
+# --- a writable stand-in -------------------------------------------------------------------------------------------
+
+class HubWriteStandIn:
+    """A local HTTP endpoint answering only the calls `push_to_hub` makes (create_repo, create_branch, validate-yaml,
+    preupload, commit), storing what it receives. It is NOT the Hub — no writable Hub server can run here (olah refuses every
+    write) — and it stays minimal on purpose: every file is declared a "regular" (inline) upload.
+
+    Only the real Hub can confirm: that the token is accepted and may write to the namespace; LFS / Xet upload of
+    large files (the real Hub sends model.safetensors through LFS or Xet, never inline); that the card's YAML
+    metadata passes the Hub's own schema (the stand-in only checks that it is a YAML mapping); that private repositories are really hidden; and branch semantics beyond "created, then
+    committed to".
+    """
+
+    def __init__(self):
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.repos: dict[str, dict] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.authorizations: list[str | None] = []
+        self.unhandled: list[tuple[str, str]] = []
+        self.validated_cards: list[str] = []
+        self.refuse_with: int | None = None
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def files(self, repo_id: str, branch: str = "main") -> dict[str, bytes]:
+        return self.repos[repo_id]["branches"][branch]
+
+    def write_out(self, repo_id: str, directory: Path, branch: str = "main") -> Path:
+        for name, content in self.files(repo_id, branch).items():
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            (directory / name).write_bytes(content)
+        return directory
+
+    def _handler_class(self):
+        import base64
+        import json
+        import re
+        from http.server import BaseHTTPRequestHandler
+
+        import yaml
+
+        stand_in = self
+        repo_route = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<action>preupload|commit|branch)/(?P<rev>.+)$")
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                """Quiet."""
+
+            def _reply(self, status: int, payload: dict) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                stand_in.unhandled.append(("GET", self.path))
+                self._reply(404, {"error": "not served by the stand-in"})
+
+            def do_POST(self):
+                from urllib.parse import unquote
+
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                path = unquote(self.path.split("?")[0])
+                stand_in.requests.append(("POST", path))
+                stand_in.authorizations.append(self.headers.get("Authorization"))
+                if stand_in.refuse_with:
+                    return self._reply(stand_in.refuse_with, {"error": "Invalid credentials in Authorization header"})
+                if path == "/api/validate-yaml":  # the card's metadata: here only "is it a YAML mapping"
+                    card = json.loads(body)["content"]
+                    stand_in.validated_cards.append(card)
+                    try:
+                        valid = isinstance(yaml.safe_load(card.split("---")[1]), dict)
+                    except (yaml.YAMLError, IndexError):
+                        valid = False
+                    return self._reply(200 if valid else 400, {"errors": [] if valid else [
+                        {"message": "metadata is not a YAML mapping"}], "warnings": []})
+                if path == "/api/repos/create":
+                    data = json.loads(body)
+                    repo_id = f"{data['organization']}/{data['name']}" if data.get("organization") else data["name"]
+                    if repo_id in stand_in.repos:
+                        return self._reply(409, {"error": "You already created this model repo",
+                                                 "url": f"{stand_in.endpoint}/{repo_id}"})
+                    stand_in.repos[repo_id] = {"visibility": data.get("visibility", "public"), "branches": {"main": {}},
+                                               "commits": []}
+                    return self._reply(200, {"url": f"{stand_in.endpoint}/{repo_id}", "name": repo_id})
+                match = repo_route.match(path)
+                if not match or match["repo"] not in stand_in.repos:
+                    stand_in.unhandled.append(("POST", path))
+                    return self._reply(404, {"error": "not served by the stand-in"})
+                repo = stand_in.repos[match["repo"]]
+                if match["action"] == "branch":
+                    if match["rev"] in repo["branches"]:
+                        return self._reply(409, {"error": "branch exists"})
+                    repo["branches"][match["rev"]] = dict(repo["branches"]["main"])
+                    return self._reply(200, {})
+                if match["action"] == "preupload":
+                    files = json.loads(body)["files"]
+                    return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular",
+                                                        "shouldIgnore": False} for f in files]})
+                lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+                header = next(line["value"] for line in lines if line["key"] == "header")
+                branch = repo["branches"].setdefault(match["rev"], {})
+                for line in lines:
+                    if line["key"] == "file":
+                        branch[line["value"]["path"]] = base64.b64decode(line["value"]["content"])
+                repo["commits"].append({"branch": match["rev"], "summary": header.get("summary")})
+                oid = f"{len(repo['commits']):040x}"
+                return self._reply(200, {"commitUrl": f"{stand_in.endpoint}/{match['repo']}/commit/{oid}",
+                                         "commitOid": oid, "success": True})
+
+        return Handler
+
+
+@pytest.fixture
+def writable_hub(monkeypatch, tmp_path):
+    """The stand-in above, with huggingface_hub pointed at it and a (fake) token in HF_TOKEN."""
+    stand_in = HubWriteStandIn()
+    point_hub_at(monkeypatch, stand_in.endpoint, tmp_path / "hub-cache")
+    monkeypatch.setenv("HF_TOKEN", "hf_standin_secret_token_value")
+    yield stand_in
+    stand_in.close()
