@@ -233,6 +233,16 @@ def test_a_pickle_that_would_run_code_is_never_unpickled(fixture, request, tmp_p
     assert not marker.exists()
 
 
+def test_a_checkpoint_file_that_would_run_code_is_never_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    checkpoint = tmp_path / "resnet20.th"
+    torch.save({"state_dict": {"conv1.weight": _Payload(str(marker))}}, checkpoint)
+    with pytest.raises(CompressorError) as raised:
+        load_source(checkpoint)
+    assert "\n" not in str(raised.value)
+    assert not marker.exists()
+
+
 def test_every_load_path_reads_weights_without_unpickling(hf_vit_dir, timm_vit_dir, compressed_vit_dir,
                                                           monkeypatch):
     calls = []
