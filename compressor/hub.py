@@ -83,13 +83,21 @@ def _explain(error: Exception, repo_id: str) -> PublishError:
                         "HF_ENDPOINT")
 
 
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)  # no second copy of the weights where the file system allows it
+    except OSError:
+        shutil.copy2(source, destination)
+
+
 def _staged_copy(directory: Path, repo_id: str, workdir: Path) -> Path:
     """The files to upload: the directory as is, with the card's load line naming the repository."""
     staged = workdir / "upload"
-    shutil.copytree(directory, staged, ignore=shutil.ignore_patterns(".*"))
+    shutil.copytree(directory, staged, ignore=shutil.ignore_patterns(".*"), copy_function=_link_or_copy)
     card = staged / "README.md"
-    card.write_text(_LOAD_CALL.sub(f'compressor.load("{repo_id}")', card.read_text(encoding="utf-8")),
-                    encoding="utf-8")
+    text = _LOAD_CALL.sub(f'compressor.load("{repo_id}")', card.read_text(encoding="utf-8"))
+    card.unlink()  # it may be a hard link to the original card, which must stay as it is
+    card.write_text(text, encoding="utf-8")
     return staged
 
 

@@ -7,7 +7,7 @@ A few cases run as real subprocesses to check what a user's terminal shows.
 
 from __future__ import annotations
 
-import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -21,15 +21,10 @@ from checkpoints_compressed import copy_compressed
 from compressor.cli import main
 from compressor.errors import CompressorError, RecipeError, SourceError, UnsupportedModelError
 from compressor.recipe import Recipe
+from file_trees import tree
 
 REPO = Path(__file__).resolve().parents[1]
 ACT = "description: x\ncompress_stage:\n  act:\n"
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every path under `root` with a digest of its content: what "nothing written" is checked against."""
-    return {str(path.relative_to(root)): hashlib.sha1(path.read_bytes()).hexdigest() if path.is_file() else "dir"
-            for path in sorted(root.rglob("*"))}
 
 
 def recipe_file(workdir: Path, text: str) -> str:
@@ -221,13 +216,13 @@ def test_the_suite_covers_at_least_25_kinds_of_mistake():
     assert len(CASES) >= 25
 
 
-@pytest.mark.parametrize("case", ["conflicting passes", "truncated safetensors", "recipe does not match the weights"])
-def test_bad_input_in_a_real_process_shows_one_line_and_no_traceback(case, fixtures, tmp_path):
-    build, expected = CASES[case]
+def test_bad_input_in_a_real_process_shows_one_line_and_no_traceback(fixtures, tmp_path):
+    """A truncated safetensors file once escaped as a traceback; in a real process the user sees one line."""
+    build, expected = CASES["truncated safetensors"]
     argv = build(tmp_path, fixtures)
     before = tree(tmp_path)
     done = subprocess.run([sys.executable, str(REPO / "cli.py"), *argv], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert_one_line_error(done.returncode, done.stderr, expected)
     assert done.stdout == ""
     assert tree(tmp_path) == before

@@ -22,7 +22,7 @@ from compressor.hub import push_to_hub
 from compressor.model_card import card_metadata
 from compressor.sources import load_source
 from hub_servers import hub_endpoint, olah_hub, point_hub_at, writable_hub  # noqa: F401  (fixtures)
-from test_bad_input import tree
+from file_trees import tree
 
 TOKEN = "hf_standin_secret_token_value"
 
@@ -160,10 +160,10 @@ def test_card_carries_base_model_and_license_from_the_base_models_card(hub_endpo
     base = tmp_path / "base"
     copy_compressed(hf_vit_dir, base)
     (base / "README.md").write_text("---\nlicense: mit\ntags: [vision]\n---\n# A tiny ViT\n")
-    hub_endpoint.publish("tiny-org/vit", base)
-    result = compressor.compress("tiny-org/vit", "act", overrides=SMALL_ACT, progress=False, latency_runs=1)
+    hub_endpoint.publish("tiny-org/vit-with-card", base)
+    result = compressor.compress("tiny-org/vit-with-card", "act", overrides=SMALL_ACT, progress=False, latency_runs=1)
     meta = card_metadata(result, {})
-    assert meta["base_model"] == "tiny-org/vit" and meta["license"] == "mit"
+    assert meta["base_model"] == "tiny-org/vit-with-card" and meta["license"] == "mit"
 
 
 def test_card_lists_task_metrics_when_a_run_measured_them(compressed_vit_dir):

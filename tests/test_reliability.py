@@ -32,7 +32,7 @@ from compressor.atomic_dir import atomic_directory, exchange, remove_stale_stagi
 from compressor.errors import CompressorError, RecipeError
 from compressor.recipe import Recipe
 from compressor.sources import load_source
-from test_bad_input import tree
+from file_trees import tree
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -260,15 +260,27 @@ def test_every_load_path_reads_weights_without_unpickling(hf_vit_dir, timm_vit_d
     assert all(weights_only is True for weights_only in calls), calls
 
 
+def _calls(text: str, opening: str) -> list[str]:
+    """Each `opening...)` call in `text`, up to its balanced closing parenthesis."""
+    calls = []
+    for match in re.finditer(re.escape(opening), text):
+        depth, end = 1, match.end()
+        while depth and end < len(text):
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            end += 1
+        calls.append(text[match.start():end])
+    return calls
+
+
 def test_the_package_source_has_no_unsafe_loader():
     """A static check over compressor/: every torch.load is weights_only, YAML is safe, no pickle, no remote code
     switched on by the toolkit itself."""
     problems = []
     for path in sorted((REPO / "compressor").rglob("*.py")):
         text = path.read_text()
-        for match in re.finditer(r"torch\.load\(([^)]*)\)", text):
-            if "weights_only=True" not in match.group(1):
-                problems.append(f"{path.name}: {match.group(0)}")
+        for call in _calls(text, "torch.load("):
+            if "weights_only=True" not in call:
+                problems.append(f"{path.name}: {call}")
         for unsafe in (r"yaml\.load\(", r"yaml\.unsafe_load", r"yaml\.full_load", r"import pickle", r"pickle\.load",
                        r"trust_remote_code\s*=\s*True\s*[,)]", r"Loader=yaml\.Loader", r"UnsafeLoader"):
             if re.search(unsafe, text):
