@@ -15,7 +15,6 @@ import compressor
 from compressor.cli import main
 from compressor.errors import SourceError
 from compressor.sources import load_source
-from hub_servers import hub_endpoint, olah_hub  # noqa: F401  (fixtures)
 
 
 def outputs(loaded, model) -> torch.Tensor:

@@ -21,7 +21,7 @@ from compressor.errors import PublishError
 from compressor.hub import push_to_hub
 from compressor.model_card import card_metadata
 from compressor.sources import load_source
-from hub_servers import hub_endpoint, olah_hub, point_hub_at, writable_hub  # noqa: F401  (fixtures)
+from hub_servers import point_hub_at
 from file_trees import tree
 
 TOKEN = "hf_standin_secret_token_value"
@@ -121,13 +121,18 @@ def test_bad_push_is_one_line_exit_2_and_sends_nothing(case, expected, writable_
     assert writable_hub.requests == [] and tree(tmp_path) == before
 
 
-def test_compress_checks_push_to_before_any_work(writable_hub, hf_vit_dir, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("repo_id, expected", [("my-org/vit-act", "no Hugging Face token"),
+                                               ("my-org/vit act", "not a valid Hub repository id")])
+def test_compress_checks_push_to_before_any_work(repo_id, expected, writable_hub, hf_vit_dir, tmp_path, monkeypatch,
+                                                 capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HF_TOKEN")
-    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    if expected.startswith("no Hugging Face token"):
+        monkeypatch.delenv("HF_TOKEN")
+        monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
     assert main(["compress", str(hf_vit_dir), "--recipe", "act", "--out", "vit-act", "--quiet",
-                 "--push-to", "my-org/vit-act"]) == 2
-    assert "no Hugging Face token" in capsys.readouterr().err
+                 "--push-to", repo_id]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == [] and writable_hub.requests == []
 
 
