@@ -66,7 +66,7 @@ def test_push_uploads_every_file_with_the_token_and_loads_back_by_repo_id(writab
 
 
 def test_push_to_a_branch_creates_it_and_commits_there(writable_hub, compressed_vit_dir):
-    url = push_to_hub(compressed_vit_dir, "my-org/vit-act", revision="act-l4")
+    url = compressor.push_to_hub(compressed_vit_dir, "my-org/vit-act", revision="act-l4")
     repo = writable_hub.repos["my-org/vit-act"]
     assert ("POST", "/api/models/my-org/vit-act/branch/act-l4") in writable_hub.requests
     assert repo["commits"][0]["branch"] == "act-l4" and "model.safetensors" in writable_hub.files("my-org/vit-act",
