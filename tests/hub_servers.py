@@ -111,14 +111,15 @@ def hub_endpoint(olah_hub, monkeypatch, tmp_path) -> OlahHub:
 # --- a writable stand-in -------------------------------------------------------------------------------------------
 
 class HubWriteStandIn:
-    """A local HTTP endpoint answering only the calls `push_to_hub` makes (create_repo, create_branch, validate-yaml,
-    preupload, commit), storing what it receives. It is NOT the Hub — no writable Hub server can run here (olah refuses every
-    write) — and it stays minimal on purpose: every file is declared a "regular" (inline) upload.
+    """A local HTTP endpoint answering only the calls `push_to_hub` makes (create_repo, create_branch,
+    validate-yaml, preupload, commit), storing what it receives. It is NOT the Hub — no writable Hub server can run
+    here (olah refuses every write) — and it stays minimal on purpose: every file is declared a "regular" (inline)
+    upload.
 
     Only the real Hub can confirm: that the token is accepted and may write to the namespace; LFS / Xet upload of
     large files (the real Hub sends model.safetensors through LFS or Xet, never inline); that the card's YAML
-    metadata passes the Hub's own schema (the stand-in only checks that it is a YAML mapping); that private repositories are really hidden; and branch semantics beyond "created, then
-    committed to".
+    metadata passes the Hub's own schema (the stand-in only checks that it is a YAML mapping); that private
+    repositories are really hidden; and branch semantics beyond "created, then committed to".
     """
 
     def __init__(self):
