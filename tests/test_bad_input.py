@@ -7,6 +7,7 @@ A few cases run as real subprocesses to check what a user's terminal shows.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -66,6 +67,14 @@ def _vit_with_weights(workdir, f, damage):
 
 def _garbage(path: Path) -> None:
     path.write_bytes(b"\x00\x01not a safetensors file" * 10)
+
+
+def _with_config(workdir, source, change, name="model"):
+    """A copy of `source` whose config.json is `change(config)` (a dict, or any JSON value)."""
+    directory = copy_compressed(source, workdir / name)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(change(config)))
+    return directory
 
 
 def _compressed_with(workdir, f, edit):
@@ -145,7 +154,22 @@ CASES = {
                             "model.safetensors"),
     "truncated safetensors": (lambda w, f: _compress(_vit_with_weights(w, f, truncate), "--recipe", "act"),
                               "model.safetensors"),
+    "config is a json list": (lambda w, f: _compress(_with_config(w, f["vit"], lambda c: [c]), "--recipe", "act"),
+                              "not an object of settings"),
+    "config with an impossible value": (lambda w, f: _compress(_with_config(
+        w, f["vit"], lambda c: {**c, "num_attention_heads": 0}), "--recipe", "act"), "the file is damaged"),
+    "config value of the wrong type": (lambda w, f: _compress(_with_config(
+        w, f["vit"], lambda c: {**c, "hidden_size": "big"}), "--recipe", "act"), "expected int"),
+    "weights of another shape than the config": (lambda w, f: _compress(_with_config(
+        w, f["vit"], lambda c: {**c, "hidden_size": 48}), "--recipe", "act"), "do not have the shapes"),
+    "timm architecture that is not a name": (lambda w, f: _compress(_with_config(
+        w, f["timm_vit"], lambda c: {**c, "architecture": 5}), "--recipe", "act"), "must be a timm model name"),
     # compressed models on reload
+    "damaged compression_config": (lambda w, f: ["inspect", str(_with_config(
+        w, f["compressed"], lambda c: {**c, "compression_config": {"format": "compressor"}}))],
+                                   "compression_config is damaged"),
+    "impossible config in a compressed model": (lambda w, f: ["inspect", str(_with_config(
+        w, f["compressed"], lambda c: {**c, "num_attention_heads": 0}))], "the file is damaged"),
     "truncated compressed weights": (lambda w, f: ["inspect", str(_compressed_with(
         w, f, lambda d: truncate(d / "model.safetensors")))], "corrupt or truncated"),
     "recipe does not match the weights": (lambda w, f: ["inspect", str(_compressed_with(
@@ -188,8 +212,8 @@ CASES = {
 
 
 @pytest.fixture
-def fixtures(hf_vit_dir, hf_swin_dir, compressed_vit_dir):
-    return {"vit": hf_vit_dir, "swin": hf_swin_dir, "compressed": compressed_vit_dir}
+def fixtures(hf_vit_dir, hf_swin_dir, timm_vit_dir, compressed_vit_dir):
+    return {"vit": hf_vit_dir, "swin": hf_swin_dir, "timm_vit": timm_vit_dir, "compressed": compressed_vit_dir}
 
 
 def assert_one_line_error(status: int, err: str, expected: str) -> None:
@@ -205,6 +229,7 @@ def test_bad_cli_input_is_one_line_exit_2_and_writes_nothing(case, fixtures, tmp
     workdir = tmp_path / "work"
     workdir.mkdir()
     argv = build(workdir, fixtures)
+    capsys.readouterr()  # what building the broken input printed (save_pretrained's progress bar) is not ours
     monkeypatch.chdir(workdir)
     before = tree(workdir)
     status = main(argv)

@@ -371,6 +371,7 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
     read. The class is `config.architectures[0]` (AutoModel when transformers has no such class); weights must be
     safetensors; remote code runs only with `trust_remote_code=True`.
     """
+    from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel
 
@@ -383,6 +384,9 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
         raw_config = json.loads(config_file.read_text())
     except (OSError, ValueError) as error:
         raise SourceError(f"{config_file} is not readable JSON ({error}); re-save the model") from None
+    if not isinstance(raw_config, dict):
+        raise SourceError(f"{config_file} holds a JSON {type(raw_config).__name__}, not an object of settings; "
+                          "re-save the model")
     architectures = raw_config.get("architectures") or []
     architecture = architectures[0] if architectures else None
     adapter_class = _adapter_class_for(raw_config.get("model_type"), architecture, source)
@@ -391,8 +395,8 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
     hub_options = {} if is_local else {"revision": revision, "token": token}
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code, **hub_options)
-    except (OSError, ValueError) as error:
-        raise SourceError(f"the config of {source} cannot be read: {_first_line(error)}") from None
+    except (OSError, ValueError, TypeError, StrictDataclassError) as error:
+        raise SourceError(f"the config of {source} cannot be read: {' '.join(str(error).split())[:300]}") from None
     _disable_backbone_download(config)
     model_class = _model_class(architecture)
     if model_class is None or not hasattr(model_class, "from_pretrained"):
@@ -407,6 +411,12 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
     except SafetensorError as error:
         raise SourceError(f"the model.safetensors of {source} is corrupt or truncated ({_first_line(error)}); "
                           "re-download it or re-save the model with save_pretrained") from None
+    except RuntimeError:  # transformers' verdict on weights whose shapes the config does not describe
+        raise SourceError(f"the weights of {source} do not have the shapes its config.json describes; the files "
+                          "come from different models") from None
+    except (ZeroDivisionError, TypeError, KeyError, AttributeError, AssertionError) as error:
+        raise SourceError(f"cannot build the architecture the config.json of {source} describes "
+                          f"({type(error).__name__}: {_first_line(error)}); the file is damaged") from None
     processor = _load_processor(adapter_class.processor_kind, source, config_file.parent, is_local,
                                 revision=revision, token=token, trust_remote_code=trust_remote_code)
     return model.eval(), processor

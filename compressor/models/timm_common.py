@@ -241,6 +241,8 @@ def _read_timm_config(path: Path) -> dict[str, Any]:
         raise SourceError(f"{path} is not valid JSON ({error}); expected {layout}") from None
     if not isinstance(config, dict) or "architecture" not in config:
         raise SourceError(f"{path} has no \"architecture\" entry, so it is not a timm config; expected {layout}")
+    if not isinstance(config["architecture"], str):
+        raise SourceError(f"{path}: \"architecture\" must be a timm model name, got {config['architecture']!r}")
     return config
 
 
