@@ -1,0 +1,100 @@
+"""Token reduction speed on full-size architectures (random weights: cost does not depend on them).
+
+In one run, for each model: executed FLOPs (torch's FLOP counter) and throughput of the original and the
+token-reduced model, timed interleaved (original, reduced, original, ...) so both see the same machine drift.
+
+- `vit`: timm ViT-B/16 at 224, batch 8, ToMe r = 13 (ToMe's own measurement: FLOPs × 0.616, 1.65× throughput).
+
+    python benchmarks/token_speed.py                 # 1 thread (the machine is shared), writes JSON
+    python benchmarks/token_speed.py --models vit --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from compressor.evaluate.cost import count_flops  # noqa: E402
+from compressor.models import adapter_for  # noqa: E402
+from compressor.pipeline import apply_recipe  # noqa: E402
+from compressor.recipe import Recipe  # noqa: E402
+from compressor.sources import LoadedModel  # noqa: E402
+
+from common import HERE  # noqa: E402
+
+
+def reduced_copy(model: torch.nn.Module, passes: dict) -> torch.nn.Module:
+    """A deep copy of `model` with the recipe `passes` applied (the same rewrite `compress` runs)."""
+    import copy
+
+    copied = copy.deepcopy(model)
+    loaded = LoadedModel(copied, adapter_for(copied), "in-memory", "in-memory")
+    apply_recipe(loaded, Recipe.from_dict({"compress_stage": passes}), seed=0, progress=False)
+    return copied.eval()
+
+
+@torch.no_grad()
+def interleaved_seconds(models: list, run, runs: int, warmup: int) -> list[float]:
+    """Median seconds of `run(model)` per model, runs interleaved."""
+    for model in models:
+        for _ in range(warmup):
+            run(model)
+    times = [[] for _ in models]
+    for _ in range(runs):
+        for model, record in zip(models, times):
+            start = time.perf_counter()
+            run(model)
+            record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
+
+
+def timm_vit_case(runs: int) -> dict:
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
+    reduced = reduced_copy(model, {"token_merge": {"r": 13}})
+    inputs = {"x": torch.randn(8, 3, 224, 224)}
+    flops = [count_flops(m, inputs) for m in (model, reduced)]
+    seconds = interleaved_seconds([model, reduced], lambda m: m(**inputs), runs, warmup=1)
+    return {"model": "timm vit_base_patch16_224 (random weights)", "input": "8×3×224×224", "pass": "token_merge r=13",
+            "what_is_timed": "whole model forward", "flops": flops, "seconds": seconds,
+            "flops_ratio": flops[1] / flops[0], "throughput_ratio": seconds[0] / seconds[1]}
+
+
+CASES = {"vit": timm_vit_case}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "token_speed.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = []
+    for name in args.models:
+        result = CASES[name](args.runs)
+        results.append(result)
+        print(f"{result['model']}, {result['pass']}, {result['input']}: FLOPs ×{result['flops_ratio']:.3f}, "
+              f"{result['what_is_timed']} {result['seconds'][0]:.3f} s → {result['seconds'][1]:.3f} s "
+              f"({result['throughput_ratio']:.2f}× throughput)", flush=True)
+    previous = json.loads(args.out.read_text())["results"] if args.out.exists() else []
+    merged = {entry["model"]: entry for entry in previous + results}  # a partial run keeps the other models
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"threads": args.threads, "runs": args.runs, "results": list(merged.values())},
+                                   indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""token_merge and token_clip end to end: exact settings reproduce every family, executed FLOPs really fall,
+saved models reload with identical outputs, padding and prefix tokens are respected, act composes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import compressor
+from compressor.errors import CompressorError, RecipeError
+from compressor.evaluate.cost import count_flops
+from compressor.sources import load_source
+
+TOKEN_FAMILIES = ["hf_vit_dir", "hf_deit_dir", "hf_bert_dir", "timm_vit_dir", "timm_deit_dir"]
+
+
+def _outputs(loaded, model, inputs):
+    with torch.no_grad():
+        return loaded.adapter.primary_output(model(**inputs), inputs)
+
+
+def _compress(source, recipe, *overrides):
+    return compressor.compress(source, recipe, overrides=list(overrides), progress=False, latency_runs=1)
+
+
+@pytest.mark.parametrize("fixture", TOKEN_FAMILIES)
+@pytest.mark.parametrize("recipe, exact", [("tome", "token_merge.r=0"), ("token-clip", "token_clip.keep_ratio=1")])
+def test_exact_settings_reproduce_the_original_model(fixture, recipe, exact, request):
+    source = request.getfixturevalue(fixture)
+    original = load_source(source)
+    result = _compress(source, recipe, exact)
+    inputs = original.adapter.example_inputs(batch_size=2, seed=3)
+    diff = (_outputs(original, original.model, inputs) - _outputs(result.loaded, result.model, inputs)).abs().max()
+    assert diff.item() <= 1e-5
+    assert result.report["flops"]["after"] == result.report["flops"]["before"]
+
+
+@pytest.mark.parametrize("fixture", TOKEN_FAMILIES)
+@pytest.mark.parametrize("recipe, setting", [("tome", "token_merge.r=16"), ("token-clip", "token_clip.keep_ratio=0.5")])
+def test_executed_flops_fall_and_reload_gives_identical_outputs(fixture, recipe, setting, request, tmp_path):
+    source = request.getfixturevalue(fixture)
+    result = _compress(source, recipe, setting)
+    inputs = result.loaded.adapter.example_inputs(batch_size=2, seed=4)
+    original = load_source(source)
+    # torch's FlopCounterMode counts what really ran, not a formula
+    assert count_flops(result.model, inputs) < count_flops(original.model, inputs)
+    summary = result.report["passes"][0]["summary"]
+    assert summary["mean tokens/N"] < 1
+    reloaded = load_source(compressor.save(result, tmp_path / "out"))
+    diff = (_outputs(result.loaded, result.model, inputs) - _outputs(reloaded, reloaded.model, inputs)).abs().max()
+    assert diff.item() <= 1e-5
+
+
+def test_tome_on_the_trained_vit_keeps_most_predictions_at_lower_cost(vit_cifar10_dir):
+    result = _compress(vit_cifar10_dir, "tome", "token_merge.r=8")
+    original = load_source(vit_cifar10_dir)
+    inputs = original.adapter.example_inputs(batch_size=8, seed=0)
+    before, after = _outputs(original, original.model, inputs), _outputs(result.loaded, result.model, inputs)
+    assert result.report["flops"]["after"] < 0.7 * result.report["flops"]["before"]
+    assert torch.nn.functional.cosine_similarity(before, after).mean() > 0.9
+    assert result.report["passes"][0]["statistics"]["tokens_in"] == 65
+
+
+@pytest.mark.parametrize("recipe, setting", [("tome", "token_merge.r=3"), ("token-clip", "token_clip.keep_ratio=0.5")])
+def test_bert_padding_never_reaches_real_tokens(hf_bert_dir, recipe, setting):
+    """Whatever sits in the padded positions, the sentence embedding of the real tokens is the same."""
+    result = _compress(hf_bert_dir, recipe, setting)
+    batch = result.loaded.adapter.prepare_inputs(["short", "a much longer sentence that forces padding in the batch"])
+    assert (batch["attention_mask"] == 0).any()
+    scrambled = dict(batch)
+    scrambled["input_ids"] = torch.where(batch["attention_mask"].bool(), batch["input_ids"],
+                                         torch.randint(1000, 2000, batch["input_ids"].shape))
+    before, after = _outputs(result.loaded, result.model, batch), _outputs(result.loaded, result.model, scrambled)
+    assert (before - after).abs().max().item() <= 1e-5
+
+
+def test_token_states_of_a_bert_stay_complete(minilm_dir):
+    result = _compress(minilm_dir, "tome", "token_merge.r=8")
+    inputs = result.loaded.adapter.example_inputs(batch_size=1, seed=0)
+    with torch.no_grad():
+        hidden = result.model(**inputs).last_hidden_state
+    assert hidden.shape[1] == inputs["input_ids"].shape[1]
+    assert result.report["passes"][0]["statistics"]["tokens_after_block"]
+
+
+def test_plain_bipartite_merging_differs_from_proportional_attention(vit_cifar10_dir):
+    inputs = load_source(vit_cifar10_dir).adapter.example_inputs(batch_size=2, seed=0)
+    plain = _compress(vit_cifar10_dir, "tome", "token_merge.r=8", "token_merge.proportional_attention=false")
+    proportional = _compress(vit_cifar10_dir, "tome", "token_merge.r=8")
+    assert plain.report["flops"]["after"] == proportional.report["flops"]["after"]
+    diff = _outputs(plain.loaded, plain.model, inputs) - _outputs(proportional.loaded, proportional.model, inputs)
+    assert diff.abs().max().item() > 1e-4
+
+
+def test_tome_composes_with_act_query_clustering(hf_vit_dir):
+    recipe = compressor.Recipe.from_dict({"compress_stage": {"token_merge": {"r": 2},
+                                                             "act": {"rounds": 4, "bucket_width": 1e-5}}})
+    result = compressor.compress(hf_vit_dir, recipe, progress=False, latency_runs=1)
+    merged_only = _compress(hf_vit_dir, "tome", "token_merge.r=2")
+    inputs = result.loaded.adapter.example_inputs(batch_size=2, seed=1)
+    # singleton clusters: ACT is exact, so act + ToMe computes what ToMe alone computes
+    diff = _outputs(result.loaded, result.model, inputs) - _outputs(merged_only.loaded, merged_only.model, inputs)
+    assert diff.abs().max().item() <= 1e-4
+
+
+def test_mean_importance_clipping_with_act_is_refused_in_one_line(hf_vit_dir):
+    recipe = compressor.Recipe.from_dict({"compress_stage": {"act": {"rounds": 4},
+                                                             "token_clip": {"importance": "mean"}}})
+    with pytest.raises(CompressorError, match="attention kernel"):
+        compressor.compress(hf_vit_dir, recipe, progress=False, latency_runs=1)
+
+
+def test_two_token_passes_on_one_model_are_refused(hf_vit_dir):
+    recipe = compressor.Recipe.from_dict({"compress_stage": {"token_merge": None, "token_clip": None}})
+    with pytest.raises(CompressorError, match="cannot run on the same model"):
+        compressor.compress(hf_vit_dir, recipe, progress=False, latency_runs=1)
+
+
+def test_unsupported_family_is_a_recipe_error(hf_resnet_dir):
+    with pytest.raises(RecipeError, match="finds no sites for token_merge"):
+        _compress(hf_resnet_dir, "tome")
+
