@@ -4,6 +4,9 @@ In one run, for each model: executed FLOPs (torch's FLOP counter) and throughput
 token-reduced model, timed interleaved (original, reduced, original, ...) so both see the same machine drift.
 
 - `vit`: timm ViT-B/16 at 224, batch 8, ToMe r = 13 (ToMe's own measurement: FLOPs × 0.616, 1.65× throughput).
+- `detr`: DETR-R50 (facebook/detr-resnet-50's architecture) at 800×1066, sparse encoder updates with ρ = 0.5
+  (`token_clip` after the first encoder layer, clipped tokens pass the other five unchanged); the encoder alone is
+  timed and counted, on the inputs it receives in a full forward.
 
     python benchmarks/token_speed.py                 # 1 thread (the machine is shared), writes JSON
     python benchmarks/token_speed.py --models vit --threads 2
@@ -22,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from compressor.evaluate.cost import count_flops  # noqa: E402
+from compressor.evaluate.cost import count_flops, flop_counter  # noqa: E402
 from compressor.models import adapter_for  # noqa: E402
 from compressor.pipeline import apply_recipe  # noqa: E402
 from compressor.recipe import Recipe  # noqa: E402
@@ -70,7 +73,43 @@ def timm_vit_case(runs: int) -> dict:
             "flops_ratio": flops[1] / flops[0], "throughput_ratio": seconds[0] / seconds[1]}
 
 
-CASES = {"vit": timm_vit_case}
+def module_inputs(model: torch.nn.Module, module: torch.nn.Module, inputs: dict) -> tuple[tuple, dict]:
+    """The (args, kwargs) `module` receives during a forward of `model` on `inputs`."""
+    seen = []
+    handle = module.register_forward_pre_hook(lambda _, args, kwargs: seen.append((args, kwargs)), with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    handle.remove()
+    return seen[0]
+
+
+@torch.no_grad()
+def call_flops(run) -> int:
+    counter = flop_counter()
+    with counter:
+        run()
+    return int(counter.get_total_flops())
+
+
+def detr_case(runs: int) -> dict:
+    from transformers import DetrConfig, DetrForObjectDetection
+
+    torch.manual_seed(0)
+    model = DetrForObjectDetection(DetrConfig(use_pretrained_backbone=False)).eval()
+    reduced = reduced_copy(model, {"token_clip": {"keep_ratio": 0.5, "fuse": False}})
+    inputs = {"pixel_values": torch.randn(1, 3, 800, 1066), "pixel_mask": torch.ones(1, 800, 1066, dtype=torch.long)}
+    args, kwargs = module_inputs(model, model.model.encoder, inputs)
+    encoders = [model.model.encoder, reduced.model.encoder]
+    flops = [call_flops(lambda e=e: e(*args, **kwargs)) for e in encoders]
+    seconds = interleaved_seconds(encoders, lambda e: e(*args, **kwargs), runs, warmup=1)
+    tokens = kwargs.get("inputs_embeds", args[0] if args else None).shape[1]
+    return {"model": "DETR-R50 (random weights)", "input": f"1×3×800×1066 ({tokens} encoder tokens)",
+            "pass": "token_clip keep_ratio=0.5 after encoder layer 0, fuse=false", "what_is_timed": "encoder",
+            "flops": flops, "seconds": seconds, "flops_ratio": flops[1] / flops[0],
+            "throughput_ratio": seconds[0] / seconds[1]}
+
+
+CASES = {"vit": timm_vit_case, "detr": detr_case}
 
 
 def main() -> None:

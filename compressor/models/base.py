@@ -108,8 +108,9 @@ class TokenReducer(ABC):
     Blocks are numbered 0..n-1 in the order `ModelAdapter.token_reduction_blocks` lists them. The first block calls
     `start` (with the padding mask (batch, tokens) bool, True for real tokens, and any per-token position
     embeddings), every block computes its attention with `attention_bias()` added (None: no bias), reports the
-    importance `importance_for(block)` asks for, and calls `reduce` between its attention and its MLP; the last
-    block returns `finish(hidden)`.
+    importance `importance_for(block)` asks for, and calls `reduce` between its attention and its MLP (ToMe, EViT),
+    or at its end where tokens must leave complete layers (DETR's sparse encoder updates); the last block returns
+    `finish(hidden)`.
     """
 
     @abstractmethod

@@ -15,7 +15,7 @@ import torch
 
 from compressor.errors import CompressorError
 from compressor.models.base import AttentionSite, BlockSite, FFNSite, TokenLayout
-from compressor.models.hf_common import HFAdapter
+from compressor.models.hf_common import HFAdapter, real_tokens
 from compressor.ops.token_reduction import block_attention
 from compressor.ops.tokens import split_heads
 
@@ -26,16 +26,6 @@ DEFAULT_SEQUENCE_LENGTH = 128
 BERT_CLS_ID, BERT_SEP_ID = 101, 102
 #: ids below this are [PAD], [unusedN] and special tokens in the standard vocabularies
 FIRST_WORDPIECE_ID = 999
-
-
-def real_tokens(attention_mask: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-    """(batch, tokens) bool, True for real tokens, from the mask a BertLayer receives (bool (batch, 1, q, k) with
-    True where attended, an additive float mask, or None when nothing is padded)."""
-    if attention_mask is None:
-        return None
-    row = attention_mask.reshape(attention_mask.shape[0], -1, attention_mask.shape[-1])[:, -1]
-    valid = row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2
-    return valid.expand(batch, -1)
 
 
 def token_reducing_layer_forward(layer, hidden_states: torch.Tensor, attention_mask=None, *args, **kwargs
