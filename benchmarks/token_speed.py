@@ -4,6 +4,9 @@ In one run, for each model: executed FLOPs (torch's FLOP counter) and throughput
 token-reduced model, timed interleaved (original, reduced, original, ...) so both see the same machine drift.
 
 - `vit`: timm ViT-B/16 at 224, batch 8, ToMe r = 13 (ToMe's own measurement: FLOPs × 0.616, 1.65× throughput).
+- `swin-hf`, `swin-timm`: Swin-T at 224 (transformers' SwinConfig() = microsoft/swin-tiny-patch4-window7-224, and
+  timm swin_tiny_patch4_window7_224), batch 8, `token_clip` keep_ratio 0.5: every window keeps 25 of its 49
+  tokens in every block after the first.
 - `detr`: DETR-R50 (facebook/detr-resnet-50's architecture) at 800×1066, sparse encoder updates with ρ = 0.5
   (`token_clip` after the first encoder layer, clipped tokens pass the other five unchanged); the encoder alone is
   timed and counted, on the inputs it receives in a full forward.
@@ -73,6 +76,31 @@ def timm_vit_case(runs: int) -> dict:
             "flops_ratio": flops[1] / flops[0], "throughput_ratio": seconds[0] / seconds[1]}
 
 
+def swin_case(model: torch.nn.Module, name: str, inputs: dict, runs: int) -> dict:
+    reduced = reduced_copy(model, {"token_clip": {"keep_ratio": 0.5}})
+    flops = [count_flops(m, inputs) for m in (model, reduced)]
+    seconds = interleaved_seconds([model, reduced], lambda m: m(**inputs), runs, warmup=1)
+    return {"model": f"{name} (random weights)", "input": "8×3×224×224", "pass": "token_clip keep_ratio=0.5",
+            "what_is_timed": "whole model forward", "flops": flops, "seconds": seconds,
+            "flops_ratio": flops[1] / flops[0], "throughput_ratio": seconds[0] / seconds[1]}
+
+
+def hf_swin_case(runs: int) -> dict:
+    from transformers import SwinConfig, SwinForImageClassification
+
+    torch.manual_seed(0)
+    model = SwinForImageClassification(SwinConfig()).eval()
+    return swin_case(model, "HF Swin-T", {"pixel_values": torch.randn(8, 3, 224, 224)}, runs)
+
+
+def timm_swin_case(runs: int) -> dict:
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
+    return swin_case(model, "timm swin_tiny_patch4_window7_224", {"x": torch.randn(8, 3, 224, 224)}, runs)
+
+
 def module_inputs(model: torch.nn.Module, module: torch.nn.Module, inputs: dict) -> tuple[tuple, dict]:
     """The (args, kwargs) `module` receives during a forward of `model` on `inputs`."""
     seen = []
@@ -109,7 +137,7 @@ def detr_case(runs: int) -> dict:
             "throughput_ratio": seconds[0] / seconds[1]}
 
 
-CASES = {"vit": timm_vit_case, "detr": detr_case}
+CASES = {"vit": timm_vit_case, "swin-hf": hf_swin_case, "swin-timm": timm_swin_case, "detr": detr_case}
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ from compressor.evaluate.cost import count_flops
 from compressor.sources import load_source
 
 TOKEN_FAMILIES = ["hf_vit_dir", "hf_deit_dir", "hf_bert_dir", "timm_vit_dir", "timm_deit_dir", "hf_detr_dir"]
+#: families with windowed attention: clipping only, the same number of tokens kept in every window
+WINDOW_FAMILIES = ["hf_swin_dir", "timm_swin_dir"]
 
 
 def _outputs(loaded, model, inputs):
@@ -116,9 +118,43 @@ def test_two_token_passes_on_one_model_are_refused(hf_vit_dir):
         compressor.compress(hf_vit_dir, recipe, progress=False, latency_runs=1)
 
 
-def test_unsupported_family_is_a_recipe_error(hf_resnet_dir):
+@pytest.mark.parametrize("fixture", ["hf_resnet_dir", "hf_swin_dir"])
+def test_unsupported_family_is_a_recipe_error(fixture, request):
     with pytest.raises(RecipeError, match="finds no sites for token_merge"):
-        _compress(hf_resnet_dir, "tome")
+        _compress(request.getfixturevalue(fixture), "tome")
+
+
+@pytest.mark.parametrize("fixture", WINDOW_FAMILIES)
+def test_swin_exact_settings_reproduce_the_original_model(fixture, request):
+    """keep_ratio 1 runs the original blocks; just below 1 every window keeps all its tokens but they go through
+    the gather/scatter path (window partition, shift and padding as an index permutation): both are exact."""
+    source = request.getfixturevalue(fixture)
+    original = load_source(source)
+    inputs = original.adapter.example_inputs(batch_size=2, seed=3)
+    expected = _outputs(original, original.model, inputs)
+    for keep in ("1", "0.999"):
+        result = _compress(source, "token-clip", f"token_clip.keep_ratio={keep}")
+        assert (expected - _outputs(result.loaded, result.model, inputs)).abs().max().item() <= 1e-5
+        assert result.report["passes"][0]["summary"]["mean tokens/N"] == 1.0
+
+
+@pytest.mark.parametrize("fixture", WINDOW_FAMILIES)
+def test_swin_windows_really_shrink_and_reload_identically(fixture, request, tmp_path):
+    source = request.getfixturevalue(fixture)
+    result = _compress(source, "token-clip", "token_clip.keep_ratio=0.5")
+    inputs = result.loaded.adapter.example_inputs(batch_size=2, seed=4)
+    assert count_flops(result.model, inputs) < count_flops(load_source(source).model, inputs)
+    statistics = result.report["passes"][0]["statistics"]
+    after = list(statistics["tokens_after_block"].values())
+    window = result.loaded.adapter.token_layout().window
+    area = window[0] * window[1]
+    kept = round(area / 2)
+    assert after[0] == statistics["tokens_in"]  # the first block only scores
+    assert after[1] == statistics["tokens_in"] // area * kept  # half of every window from then on
+    assert all(count % kept == 0 for count in after[1:])
+    reloaded = load_source(compressor.save(result, tmp_path / "out"))
+    diff = (_outputs(result.loaded, result.model, inputs) - _outputs(reloaded, reloaded.model, inputs)).abs().max()
+    assert diff.item() <= 1e-5
 
 
 

@@ -223,6 +223,8 @@ class ModelAdapter(ABC):
     # --- token reduction (token_merge, token_clip) ---------------------------------------------------------------
     #: the token-reducing forward of this family's blocks, `forward(block, *args, **kwargs)`; None: unsupported
     token_block_forward: ClassVar[Callable | None] = None
+    #: the token reductions this family's blocks support: "merge" (ToMe) and "clip"
+    token_reduction_methods: ClassVar[tuple[str, ...]] = ("merge", "clip")
 
     def token_reduction_blocks(self) -> list[BlockSite]:
         """The blocks whose tokens can be reduced, in forward order (one stack); empty when unsupported."""
@@ -233,8 +235,9 @@ class ModelAdapter(ABC):
         reduced sequence must be restored to the full token map after the last block."""
         return True
 
-    def install_token_reducer(self, reducer: TokenReducer) -> None:
-        """Make every block of `token_reduction_blocks` run `token_block_forward`, driven by `reducer`."""
+    def install_token_reducer(self, reducer: Any) -> None:
+        """Make every block of `token_reduction_blocks` run `token_block_forward`, driven by `reducer` (a
+        `TokenReducer`, or for windowed attention a `compressor.ops.window_tokens.WindowTokenReducer`)."""
         from compressor.errors import CompressorError
 
         sites = self.token_reduction_blocks()
@@ -250,7 +253,7 @@ class ModelAdapter(ABC):
             block.token_reducer, block.token_block = reducer, index
             block.token_last = index == len(sites) - 1
 
-    def token_reducer(self) -> TokenReducer | None:
+    def token_reducer(self) -> Any:
         """The reducer installed on this model's blocks, if any."""
         sites = self.token_reduction_blocks()
         return getattr(self.module(sites[0].name), "token_reducer", None) if sites else None

@@ -186,6 +186,11 @@ class ScheduledTokenReducer(TokenReducer):
         state.tokens.append(count)
         return new_hidden
 
+    @property
+    def last_fractions(self) -> list[float]:
+        """The fraction of the entering tokens each block left, in the last forward."""
+        return [count / self.last_tokens[0] for count in self.last_tokens[1:]]
+
     def finish(self, hidden: Tensor) -> Tensor:
         state = self.state
         self.last_tokens = state.tokens

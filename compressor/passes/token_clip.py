@@ -23,6 +23,7 @@ EVIT_DEPTHS = (0.25, 0.5, 0.75)
 class TokenClipPass(TokenReductionPass):
     name = "token_clip"
     summary = "EViT-style clipping: keep the most attended tokens at chosen blocks, drop or fuse the rest."
+    method = "clip"
     params = {
         "keep_ratio": Param("float", 0.7, "Fraction of the non-prefix tokens each targeted block keeps (ratios "
                             "compound over blocks); `1` keeps every token and reproduces the original model.",
@@ -35,9 +36,13 @@ class TokenClipPass(TokenReductionPass):
     }
 
     def default_sites(self, adapter: ModelAdapter, candidates: list[BlockSite]) -> list[BlockSite]:
-        """With a class token, EViT's three blocks at 1/4, 1/2 and 3/4 of the depth; without one (the DETR
-        encoder), the first block, so every later block runs on the kept tokens only."""
-        if "cls" not in adapter.token_layout().prefix_tokens:
+        """With a class token, EViT's three blocks at 1/4, 1/2 and 3/4 of the depth; with windowed attention
+        (Swin) every block (the first only scores tokens: nothing has ranked them yet); otherwise (the DETR
+        encoder) the first block, so every later block runs on the kept tokens only."""
+        layout = adapter.token_layout()
+        if layout.window is not None:
+            return candidates
+        if "cls" not in layout.prefix_tokens:
             return candidates[:1]
         chosen = sorted({min(len(candidates) - 1, int(len(candidates) * depth + 0.5)) for depth in EVIT_DEPTHS})
         return [candidates[index] for index in chosen]

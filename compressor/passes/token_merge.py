@@ -17,6 +17,7 @@ from compressor.passes.token_reduction import TokenReductionPass
 class TokenMergePass(TokenReductionPass):
     name = "token_merge"
     summary = "ToMe: merge the r most similar token pairs after every block's attention, proportional attention."
+    method = "merge"
     params = {
         "r": Param("int", 8, "Token pairs merged in each targeted block (the class/distillation tokens never "
                    "are); `0` merges nothing and reproduces the original model.", minimum=0),

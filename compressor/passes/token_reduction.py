@@ -11,15 +11,19 @@ from typing import Any
 
 from compressor.models.base import BlockSite, ModelAdapter
 from compressor.ops.token_reduction import ClipStep, MergeStep, ScheduledTokenReducer
+from compressor.ops.window_tokens import WindowTokenReducer
 from compressor.passes.base import Pass, PassContext
 
 
 class TokenReductionPass(Pass):
     site_kind = "block"
 
+    #: "merge" or "clip": families name the methods their blocks support (`ModelAdapter.token_reduction_methods`)
+    method: str
+
     def candidate_sites(self, adapter: ModelAdapter) -> list[BlockSite]:
-        """The blocks the adapter can reduce (none for families without token reduction: `auto` then says so)."""
-        return adapter.token_reduction_blocks()
+        """The blocks the adapter can reduce with this method (none otherwise: `auto` then says so)."""
+        return adapter.token_reduction_blocks() if self.method in adapter.token_reduction_methods else []
 
     @abstractmethod
     def plan_entry(self, adapter: ModelAdapter, site: BlockSite, params: dict[str, Any]) -> dict[str, Any]:
@@ -41,10 +45,14 @@ class TokenReductionPass(Pass):
                 plan: dict[str, dict[str, Any]], seed: int) -> None:
         steps = [self.step(plan[block.name], params) if block.name in plan else None
                  for block in adapter.token_reduction_blocks()]
-        prefix = len(adapter.token_layout().prefix_tokens)
-        reducer = ScheduledTokenReducer(steps, prefix, importance=self.importance(adapter, params),
-                                        proportional_attention=params.get("proportional_attention", True),
-                                        keep_all_tokens=adapter.output_needs_all_tokens())
+        layout = adapter.token_layout()
+        if layout.window is not None:  # windowed attention: the same number of tokens kept in every window
+            reducer = WindowTokenReducer(steps)
+        else:
+            reducer = ScheduledTokenReducer(steps, len(layout.prefix_tokens),
+                                            importance=self.importance(adapter, params),
+                                            proportional_attention=params.get("proportional_attention", True),
+                                            keep_all_tokens=adapter.output_needs_all_tokens())
         adapter.install_token_reducer(reducer)
 
     def statistics(self, adapter: ModelAdapter, sites: list[BlockSite]) -> dict[str, Any]:
@@ -58,5 +66,5 @@ class TokenReductionPass(Pass):
             "tokens_after_block": {block.name: count for block, count in zip(blocks, tokens[1:])},
             "summary": {"tokens per layer": f"{tokens[0]} in; after each block: "
                                             + " ".join(str(t) for t in tokens[1:]),
-                        "mean tokens/N": round(sum(tokens[1:]) / (len(tokens[1:]) * tokens[0]), 4)},
+                        "mean tokens/N": round(sum(reducer.last_fractions) / len(reducer.last_fractions), 4)},
         }
