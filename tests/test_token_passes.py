@@ -105,6 +105,13 @@ def test_tome_composes_with_act_query_clustering(hf_vit_dir):
     assert diff.abs().max().item() <= 1e-4
 
 
+def test_act_clustering_keys_cannot_weigh_merged_tokens_and_says_so(hf_vit_dir):
+    recipe = compressor.Recipe.from_dict({"compress_stage": {"token_merge": {"r": 2},
+                                                             "act": {"rounds": 4, "cluster": "keys"}}})
+    with pytest.raises(CompressorError, match="act.cluster=queries"):
+        compressor.compress(hf_vit_dir, recipe, progress=False, latency_runs=1)
+
+
 def test_mean_importance_clipping_with_act_is_refused_in_one_line(hf_vit_dir):
     recipe = compressor.Recipe.from_dict({"compress_stage": {"act": {"rounds": 4},
                                                              "token_clip": {"importance": "mean"}}})
@@ -186,3 +193,16 @@ def test_detr_sparse_encoder_keeps_the_full_feature_map_for_the_decoder(hf_detr_
     assert result.report["passes"][0]["statistics"]["tokens_after_block"]["model.encoder.layers.0"] == tokens // 2
     unchanged = (last - first_original).abs().amax(dim=-1)[0] <= 1e-5
     assert int(unchanged.sum()) == tokens - tokens // 2
+
+
+def test_cli_refuses_clipping_by_mean_attention_under_act_with_exit_2(hf_detr_dir, tmp_path, capsys):
+    from compressor.cli import main
+
+    recipe = tmp_path / "both.yaml"
+    recipe.write_text("description: act and sparse encoder\ncompress_stage:\n  act: {rounds: 4}\n"
+                      "  token_clip: {keep_ratio: 0.5}\n")
+    out = tmp_path / "out"
+    assert main(["compress", str(hf_detr_dir), "--recipe", str(recipe), "--out", str(out), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "attention kernel" in error
+    assert not out.exists()

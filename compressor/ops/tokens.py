@@ -76,7 +76,12 @@ def attend(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, scale: 
         weights = (weights / weights.sum(dim=-1, keepdim=True).clamp(min=1e-6))[:, None, :, None]
         return output, (probabilities * weights).sum(dim=2).mean(dim=1)
     if kernel is not None:
-        output = kernel(query, key, value, bias, scale)
+        try:
+            output = kernel(query, key, value, bias, scale)
+        except ValueError as error:  # e.g. ACT clustering keys cannot weigh them by token size
+            raise CompressorError(f"the attention kernel (act) on this layer cannot take the token sizes of "
+                                  f"merged tokens ({error}); use act.cluster=queries, or "
+                                  "token_merge.proportional_attention=false") from None
     else:
         output = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale)
     if importance is None:

@@ -3,7 +3,8 @@ targeted block's attention, only the most important tokens go on; the rest are d
 token weighted by their importance. Importance is the attention received from the class token where there is one,
 else the mean attention received. Where the output needs every token (DETR's decoder, BERT's token states), the
 tokens that left are put back at the end with the value they had when they left: they passed the remaining
-layers unchanged.
+layers unchanged. In windowed attention (Swin) every window keeps the same number of tokens, in every block after
+the first (see `compressor.ops.window_tokens`).
 """
 
 from __future__ import annotations
