@@ -30,7 +30,8 @@ import compressor  # noqa: E402
 from compressor.evaluate.fidelity import per_example_cosine, primary_outputs  # noqa: E402
 from compressor.sources import load_source  # noqa: E402
 
-from common import HERE, SHARED, VIT_CIFAR10, cifar_batches, minilm_batches, minilm_source  # noqa: E402
+from common import (HERE, SHARED, VIT_CIFAR10, cifar_batches, minilm_batches, minilm_source,  # noqa: E402
+                    plot_panels)
 
 ROUNDS = (4, 8, 16, 32)
 WIDTHS = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -119,31 +120,19 @@ def benchmark(task: Task, targets: list[float], calibrated_rounds: list[int], qu
             "calibration": {"data": task.calib, "examples": task.calib_samples}}
 
 
+def draw_act(axis, result: dict) -> None:
+    metric = result["metric"]
+    for rounds in sorted({entry["rounds"] for entry in result["grid"]}):
+        points = sorted((e["prototypes_per_token"], e[metric]) for e in result["grid"] if e["rounds"] == rounds)
+        axis.plot(*zip(*points), marker="o", ms=4, lw=1, label=f"fixed r, L = {rounds}")
+    for rounds in sorted({entry["rounds"] for entry in result["calibrated"]}):
+        points = sorted((e["prototypes_per_token"], e[metric]) for e in result["calibrated"] if e["rounds"] == rounds)
+        axis.plot(*zip(*points), marker="*", ms=12, lw=1.5, ls="--", label=f"calibrated per layer, L = {rounds}")
+
+
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
-    for axis, result in zip(axes[0], results):
-        metric = result["metric"]
-        for rounds in sorted({entry["rounds"] for entry in result["grid"]}):
-            points = sorted((e["prototypes_per_token"], e[metric]) for e in result["grid"] if e["rounds"] == rounds)
-            axis.plot(*zip(*points), marker="o", ms=4, lw=1, label=f"fixed r, L = {rounds}")
-        for rounds in sorted({entry["rounds"] for entry in result["calibrated"]}):
-            points = sorted((e["prototypes_per_token"], e[metric]) for e in result["calibrated"]
-                            if e["rounds"] == rounds)
-            axis.plot(*zip(*points), marker="*", ms=12, lw=1.5, ls="--", label=f"calibrated per layer, L = {rounds}")
-        axis.axhline(result["exact"], color="gray", lw=0.8, ls=":", label="exact attention")
-        axis.set_xlabel("prototypes / tokens (attention cost relative to exact)")
-        axis.set_ylabel("top-1 (CIFAR-10 test, 2,000 images)" if metric == "top1" else
-                        "embedding cosine to exact (24 passages)")
-        axis.set_title(result["model"])
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    plot_panels(results, draw_act, path, xlabel="prototypes / tokens (attention cost relative to exact)",
+                reference_key="exact", reference_label="exact attention")
 
 
 def main() -> None:

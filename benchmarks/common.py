@@ -58,3 +58,26 @@ def minilm_batches(count: int, batch_size: int = 8) -> list[dict]:
     adapter = load_source(minilm_source()).adapter
     passages = read_passages(HERE / "data" / "paragraphs-eval.txt", count)
     return [adapter.prepare_inputs(passages[i:i + batch_size]) for i in range(0, len(passages), batch_size)]
+
+
+def plot_panels(results: list[dict], draw, path: Path, *, xlabel: str, reference_key: str, reference_label: str,
+                title_suffix: str = "") -> None:
+    """One panel per model, saved to `path`: `draw(axis, result)` plots its curves; the axes, the reference line
+    (the uncompressed model) and the labels are styled alike for every benchmark."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
+    for axis, result in zip(axes[0], results):
+        draw(axis, result)
+        axis.axhline(result[reference_key], color="gray", lw=0.8, ls=":", label=reference_label)
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel("top-1 (CIFAR-10 test, 2,000 images)" if result["metric"] == "top1" else
+                        f"embedding cosine to {reference_label.split()[0]} (24 passages)")
+        axis.set_title(result["model"] + title_suffix)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)

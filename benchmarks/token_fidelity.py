@@ -32,7 +32,7 @@ from compressor.evaluate.cost import count_flops  # noqa: E402
 from compressor.evaluate.fidelity import per_example_cosine, primary_outputs  # noqa: E402
 from compressor.sources import load_source  # noqa: E402
 
-from common import HERE, VIT_CIFAR10, cifar_batches, minilm_batches, minilm_source  # noqa: E402
+from common import HERE, VIT_CIFAR10, cifar_batches, minilm_batches, minilm_source, plot_panels  # noqa: E402
 
 #: schedule name -> (recipe, fixed overrides, the swept parameter, its values for the ViT, for MiniLM)
 SCHEDULES = {
@@ -105,27 +105,16 @@ def compare_merging(result: dict) -> list[dict]:
             for a, b in zip(tome, plain)]
 
 
+def draw_curves(axis, result: dict) -> None:
+    for label, points in result["curves"].items():
+        xy = sorted((p["flops_ratio"], p[result["metric"]]) for p in points)
+        axis.plot(*zip(*xy), marker="o", ms=4, lw=1.2, label=label)
+
+
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
-    for axis, result in zip(axes[0], results):
-        metric = result["metric"]
-        for label, points in result["curves"].items():
-            xy = sorted((p["flops_ratio"], p[metric]) for p in points)
-            axis.plot(*zip(*xy), marker="o", ms=4, lw=1.2, label=label)
-        axis.axhline(result["original"], color="gray", lw=0.8, ls=":", label="original model")
-        axis.set_xlabel("executed FLOPs / original (torch FLOP counter)")
-        axis.set_ylabel("top-1 (CIFAR-10 test, 2,000 images)" if metric == "top1" else
-                        "embedding cosine to original (24 passages)")
-        axis.set_title(f"{result['model']}: token reduction, no retraining")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    plot_panels(results, draw_curves, path, xlabel="executed FLOPs / original (torch FLOP counter)",
+                reference_key="original", reference_label="original model",
+                title_suffix=": token reduction, no retraining")
 
 
 def main() -> None:

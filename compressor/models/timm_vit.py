@@ -33,7 +33,7 @@ def token_reducing_block_forward(block, x: torch.Tensor, attn_mask: torch.Tensor
     if getattr(attention, "gate", None) is not None:
         attended = attended * attention.gate(normed).sigmoid()
     x = x + block.ls1(attention.proj(attended))
-    x = block.token_reducer.reduce(block.token_block, x, metric, importance)
+    x = reducer.reduce(block.token_block, x, metric, importance)
     x = x + block.ls2(block.mlp(block.norm2(x)))
     return reducer.finish(x) if block.token_last else x
 
