@@ -206,3 +206,22 @@ def test_cli_refuses_clipping_by_mean_attention_under_act_with_exit_2(hf_detr_di
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "attention kernel" in error
     assert not out.exists()
+
+
+def _padded_inputs(fixture, loaded):
+    if fixture == "hf_bert_dir":
+        return loaded.adapter.prepare_inputs(["short", "a much longer sentence that forces padding in the batch"])
+    inputs = loaded.adapter.example_inputs(batch_size=2, size=(128, 160), seed=1)
+    inputs["pixel_mask"][1, :, 96:] = 0  # the second image is narrower: DETR's padded batch
+    return inputs
+
+
+@pytest.mark.parametrize("fixture", ["hf_bert_dir", "hf_detr_dir"])
+@pytest.mark.parametrize("recipe, exact", [("tome", "token_merge.r=0"), ("token-clip", "token_clip.keep_ratio=1")])
+def test_exact_settings_reproduce_padded_batches(fixture, recipe, exact, request):
+    source = request.getfixturevalue(fixture)
+    original = load_source(source)
+    inputs = _padded_inputs(fixture, original)
+    result = _compress(source, recipe, exact)
+    diff = (_outputs(original, original.model, inputs) - _outputs(result.loaded, result.model, inputs)).abs().max()
+    assert diff.item() <= 1e-5
