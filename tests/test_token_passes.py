@@ -225,3 +225,28 @@ def test_exact_settings_reproduce_padded_batches(fixture, recipe, exact, request
     result = _compress(source, recipe, exact)
     diff = (_outputs(original, original.model, inputs) - _outputs(result.loaded, result.model, inputs)).abs().max()
     assert diff.item() <= 1e-5
+
+
+def test_timm_average_pooling_gets_every_token_back():
+    """A timm ViT that averages its tokens reads the full token map after the blocks (unmerge); class-token
+    pooling reads the reduced sequence."""
+    import copy
+
+    import timm
+
+    from compressor.models import adapter_for
+    from compressor.pipeline import apply_recipe
+    from compressor.sources import LoadedModel
+    from probes import input_of
+
+    for pool, restored in (("avg", True), ("token", False)):
+        torch.manual_seed(0)
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
+                                  depth=2, num_heads=2, num_classes=10, global_pool=pool).eval()
+        original = copy.deepcopy(model)
+        loaded = LoadedModel(model, adapter_for(model), "memory", "memory")
+        apply_recipe(loaded, compressor.Recipe.from_dict({"compress_stage": {"token_merge": {"r": 4}}}), seed=0,
+                     progress=False)
+        inputs = loaded.adapter.example_inputs(batch_size=2)
+        tokens = input_of(model.norm, model, inputs).shape[1]
+        assert (tokens == input_of(original.norm, original, inputs).shape[1]) == restored
