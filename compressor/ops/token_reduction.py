@@ -192,14 +192,12 @@ class ScheduledTokenReducer(TokenReducer):
         return [count / self.last_tokens[0] for count in self.last_tokens[1:]]
 
     def finish(self, hidden: Tensor) -> Tensor:
-        state = self.state
+        state, self.state = self.state, _ForwardState()  # hold no tensors between forwards
         self.last_tokens = state.tokens
         if not self.keep_all_tokens or state.source is None:
             return hidden
         carried = gather_tokens(hidden, state.source.clamp(min=0))
-        restored = torch.where((state.source >= 0)[..., None], carried, state.frozen)
-        self.state = _ForwardState()
-        return restored
+        return torch.where((state.source >= 0)[..., None], carried, state.frozen)
 
     # --- unmerge bookkeeping -----------------------------------------------------------------------------------
     def _track(self, hidden: Tensor, mapping: Tensor) -> None:
