@@ -151,6 +151,7 @@ def main() -> None:
     results = []
     for name in args.models:
         result = CASES[name](args.runs)
+        result.update(threads=args.threads, runs=args.runs)
         results.append(result)
         print(f"{result['model']}, {result['pass']}, {result['input']}: FLOPs ×{result['flops_ratio']:.3f}, "
               f"{result['what_is_timed']} {result['seconds'][0]:.3f} s → {result['seconds'][1]:.3f} s "
@@ -158,8 +159,7 @@ def main() -> None:
     previous = json.loads(args.out.read_text())["results"] if args.out.exists() else []
     merged = {entry["model"]: entry for entry in previous + results}  # a partial run keeps the other models
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"threads": args.threads, "runs": args.runs, "results": list(merged.values())},
-                                   indent=2) + "\n")
+    args.out.write_text(json.dumps({"results": list(merged.values())}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
