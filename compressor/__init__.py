@@ -6,6 +6,8 @@ The Python API mirrors the CLI::
     result = compressor.compress("facebook/detr-resnet-50", "act")    # load, rewrite, measure
     compressor.save(result, "detr-act")                                  # config, safetensors, recipe, report, card
     model = compressor.load("detr-act")                                  # rebuild with identical outputs
+    compressor.push_to_hub("detr-act", "my-org/detr-act")                # publish (token: HF_TOKEN / hf auth login)
+    model = compressor.load("my-org/detr-act")                           # ... and load it back from the Hub
 """
 
 __version__ = "0.1.0"
@@ -23,6 +25,10 @@ def __getattr__(name):
         from compressor import serialization
 
         return getattr(serialization, name)
+    if name == "push_to_hub":
+        from compressor.hub import push_to_hub
+
+        return push_to_hub
     if name == "Recipe":
         from compressor.recipe import Recipe
 
@@ -30,4 +36,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'compressor' has no attribute {name!r}")
 
 
-__all__ = ["CompressorError", "CompressionResult", "Recipe", "compress", "load", "save", "__version__"]
+__all__ = ["CompressorError", "CompressionResult", "Recipe", "compress", "load", "push_to_hub", "save", "__version__"]

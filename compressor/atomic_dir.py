@@ -1,11 +1,18 @@
 """Write an output directory all at once or not at all.
 
-Everything is written into a hidden temporary sibling, then renamed into place, so a run that fails or is killed
-leaves either no output or the previous one intact — never a half-written directory a user might load.
+Everything is written into a hidden temporary sibling, flushed to disk, then renamed into place, so a run that fails
+or is killed (even by SIGKILL) leaves either no output or the previous one intact — never a half-written directory a
+user might load. Replacing an existing directory is one atomic exchange of the two names (Linux `renameat2` with
+RENAME_EXCHANGE); where that call is missing, the old directory is moved aside and back again on failure, with a
+window of a few microseconds in which neither is in place. Staging directories of killed runs are removed by the
+next write to the same output.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import os
 import shutil
 import tempfile
@@ -14,6 +21,11 @@ from pathlib import Path
 from typing import Iterator
 
 from compressor.errors import CompressorError
+
+#: hidden sibling names: `.<out>.partial-<pid>-<random>` while writing, `.<out>.old-<pid>-<random>` while retiring
+STAGING_KINDS = ("partial", "old")
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -36,6 +48,91 @@ def check_output_path(out: Path, overwrite: bool) -> None:
         raise CompressorError(f"cannot write {out}: no write permission in {existing}")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Delete the hidden staging directories that runs killed while writing `out` left behind."""
+    removed = []
+    for kind in STAGING_KINDS:
+        for path in out.parent.glob(f".{out.name}.{kind}-*"):
+            pid_text = path.name[len(f".{out.name}.{kind}-"):].split("-", 1)[0]
+            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and directory under `root`, so the rename never publishes data still in the page cache."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(directory, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_directory(Path(directory))
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _libc_renameat2():
+    name = ctypes.util.find_library("c")
+    try:
+        function = ctypes.CDLL(name, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
+def exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step; False when this system cannot (then nothing changed)."""
+    renameat2 = _libc_renameat2()
+    if renameat2 is None:
+        return False
+    status = renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)
+    if status == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def _replace_directory(staging: Path, out: Path) -> None:
+    """Put `staging` at `out`, where a directory already is; the old one is deleted afterwards."""
+    if exchange(staging, out):
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the previous output
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
+    os.replace(out, retired / out.name)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(retired / out.name, out)
+        raise
+    finally:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces `out`, on any error it is removed.
@@ -50,16 +147,17 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool = False) -> Iterato
         created.append(parent)
         parent = parent.parent
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would otherwise become the output's mode
         yield staging
+        _fsync_tree(staging)
         if out.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, retired / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(retired, ignore_errors=True)
+            _replace_directory(staging, out)
         else:
-            os.replace(staging, out)
+            os.rename(staging, out)
+        _fsync_directory(out.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         for directory in created:  # innermost first

@@ -25,3 +25,7 @@ class SourceError(CompressorError):
 
 class UnsupportedModelError(CompressorError):
     """A model whose architecture no adapter describes."""
+
+
+class PublishError(CompressorError):
+    """A push to the Hub that cannot start or was refused: no token, a bad repo id, no write access, no network."""

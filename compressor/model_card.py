@@ -1,71 +1,165 @@
 """The model card (`README.md`) of a compressed model, in the Hub's conventions.
 
-YAML metadata first (base_model, library_name, tags, pipeline_tag), then what was done, the measured
-before/after table, the resolved recipe, and how to load the model back in one line.
+YAML metadata first (base_model, library_name, tags, pipeline_tag, and the base model's license where it is known),
+then what was done, a before/after table of everything the run measured, how to load the model in one line, and the
+resolved recipe that rebuilds it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from compressor.report import format_table
+#: report entries shaped {"before": x, "after": y} that get their own row, in this order, with their unit
+_COST_ROWS = (("params", "parameters", "M", 1e-6), ("flops", "FLOPs", "G", 1e-9), ("latency_ms", "latency", "ms", 1))
 
 
-def _metadata(result, config: dict[str, Any]) -> dict[str, Any]:
+def _front_matter(text: str) -> dict[str, Any]:
+    """The YAML metadata block at the top of a model card, or {} when there is none or it is not valid."""
+    if not text.startswith("---"):
+        return {}
+    block = text[3:].split("\n---", 1)[0]
+    try:
+        data = yaml.safe_load(block)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _base_card(loaded) -> dict[str, Any]:
+    """The metadata of the base model's own card: beside a local model, or from the Hub (cache first)."""
+    if loaded.directory is not None:
+        card = Path(loaded.directory) / "README.md"
+        return _front_matter(card.read_text(encoding="utf-8", errors="replace")) if card.is_file() else {}
+    repo_id = _hub_id(loaded.base_model)
+    if repo_id is None:
+        return {}
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return _front_matter(Path(hf_hub_download(repo_id, "README.md")).read_text(encoding="utf-8"))
+    except Exception:  # no card, offline, not a Hub id: the card then simply has no license line
+        return {}
+
+
+def _hub_id(name: str) -> str | None:
+    name = name.removeprefix("hf-hub:")
+    if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
+        return name
+    return None
+
+
+def card_metadata(result, config: dict[str, Any]) -> dict[str, Any]:
+    """The YAML metadata the Hub reads: what the model derives from, what it does, under which licence."""
     report = result.report
-    meta: dict[str, Any] = {
-        "library_name": "compressor",
-        "tags": ["compressor", "model-compression", report["family"]]
-        + [entry["name"] for entry in report["passes"]],
-        "pipeline_tag": report["task"],
-    }
-    base = report["base_model"]
-    if "/" in base and not base.startswith((".", "/", "~")):
-        meta["base_model"] = base.removeprefix("hf-hub:")
-    license_name = config.get("license") or (config.get("pretrained_cfg") or {}).get("license")
+    meta: dict[str, Any] = {}
+    base = _hub_id(report["base_model"])
+    if base:
+        meta["base_model"] = base
+    meta["library_name"] = "compressor"
+    meta["tags"] = ["compressor", "model-compression", report["family"]] + [entry["name"] for entry in
+                                                                            report["passes"]]
+    meta["pipeline_tag"] = report["task"]
+    base_card = _base_card(result.loaded)
+    license_name = (config.get("license") or (config.get("pretrained_cfg") or {}).get("license")
+                    or base_card.get("license"))
     if license_name:
         meta["license"] = license_name
     return meta
 
 
-def render_model_card(result, config: dict[str, Any]) -> str:
+def _number(value: float, unit: str, scale: float) -> str:
+    return f"{value * scale:.3f} {unit}" if unit != "ms" else f"{value:.1f} ms"
+
+
+def before_after_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(measure, before, after, after/before) for everything the run measured."""
+    rows = []
+    for key, label, unit, scale in _COST_ROWS:
+        entry = report[key]
+        ratio = f"×{entry['after'] / entry['before']:.3f}" if entry["before"] else "-"
+        rows.append((label, _number(entry["before"], unit, scale), _number(entry["after"], unit, scale), ratio))
+    for key, value in report.get("fidelity", {}).items():
+        if isinstance(value, float):
+            rows.append((f"{key.replace('_', ' ')} to the original", "1", f"{value:.4f}", ""))
+    for key, entry in report.get("metrics", {}).items():  # task metrics (top-1, AP, ...) when a run measured them
+        if isinstance(entry, dict) and {"before", "after"} <= set(entry):
+            rows.append((key.replace("_", " "), f"{entry['before']:.4f}", f"{entry['after']:.4f}",
+                         f"{entry['after'] - entry['before']:+.4f}"))
+    return rows
+
+
+def _markdown_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _pass_lines(report: dict[str, Any]) -> str:
+    lines = []
+    for entry in report["passes"]:
+        summary = "; ".join(f"{key} {value}" for key, value in entry.get("summary", {}).items())
+        lines.append(f"- `{entry['name']}` ({entry['stage']}) on {len(entry['sites'])} sites"
+                     + (f": {summary}" if summary else ""))
+    return "\n".join(lines) or "- no passes"
+
+
+def _plain_library_note(library: str, passes: str) -> str:
+    """What loading this repository without compressor gives (checked by the Hub-loading tests)."""
+    if library == "transformers":
+        return (f"Plain `transformers` (`AutoModel.from_pretrained`) also loads it, but as the uncompressed base "
+                f"architecture: the compression ({passes}) is not applied and the extra weights it needs are reported "
+                "as unused. Use `compressor.load` to get the compressed model.")
+    return ("Plain `timm.create_model(..., pretrained=True)` does not load it (the weights hold what the compression "
+            "adds); use `compressor.load`.")
+
+
+def render_model_card(result, config: dict[str, Any], load_as: str = "path/to/this-directory") -> str:
+    """The card; `load_as` is what the load snippet names (the directory, or the Hub repository when pushed)."""
     report = result.report
     passes = ", ".join(f"`{entry['name']}`" for entry in report["passes"]) or "no passes"
-    front = yaml.safe_dump(_metadata(result, config), sort_keys=False).strip()
+    front = yaml.safe_dump(card_metadata(result, config), sort_keys=False, allow_unicode=True).strip()
+    calibration = report.get("calibration")
+    measured_on = report["input"] + (f"; fidelity also on {calibration['examples']} calibration examples of "
+                                     f"`{calibration['data']}`" if calibration else "")
     return f"""---
 {front}
 ---
 
-# {report['base_model']} — compressed with {passes}
+# {report['base_model']}, compressed with {passes}
 
-This model was produced by [compressor](https://github.com/) from `{report['base_model']}`
-({report['family']}) with the recipe `{report['recipe']}` and seed {report['seed']}.
+Produced by `compressor` from `{report['base_model']}` ({report['family']}, {report['task']}) with the recipe
+`{report['recipe']}` and seed {report['seed']}.
+
+{_pass_lines(report)}
 
 ## Before and after
 
-Measured in one run on {report['input']} (CPU, {report['environment']['threads']} threads); fidelity is the mean
-cosine similarity of the model's outputs to the original's.
+Measured in one run, on {measured_on} (CPU, {report['environment']['threads']} threads; latency is the median of
+{report['latency_ms']['runs']} interleaved runs; fidelity is the mean cosine similarity of the outputs to the original
+model's).
 
-```
-{format_table(report)}
-```
+{_markdown_table(before_after_rows(report), ("", "before", "after", "after/before"))}
 
 ## How to load
 
 ```python
 import compressor
 
-model = compressor.load("<this repository or directory>")
+model = compressor.load("{load_as}")
 ```
 
-`compressor.load` rebuilds the architecture, replays the recipe below and loads `model.safetensors`; the outputs
-equal those of the model right after compression.
+`compressor.load` downloads the repository (`snapshot_download`), builds the base architecture from `config.json`,
+replays the resolved recipe below and loads `model.safetensors` strictly: the outputs equal those of the model right
+after compression. {_plain_library_note(result.loaded.adapter.library, passes)}
 
 ## Recipe
 
 ```yaml
 {result.recipe.to_yaml().rstrip()}
 ```
+
+Environment: {", ".join(f"{key} {value}" for key, value in report['environment'].items())}.
 """

@@ -77,12 +77,30 @@ def sites_for(rewriter: Pass, spec: PassSpec, loaded: LoadedModel) -> list:
                         spec.params["ignore"])
 
 
+def check_recipe_fits(loaded: LoadedModel, recipe: Recipe) -> None:
+    """Every pass finds its sites, and no two passes replace the same thing at one site (before anything slow)."""
+    claimed: dict[tuple[str, str], PassSpec] = {}
+    for spec in recipe.passes():
+        rewriter = PASSES[spec.name]()
+        for site in sites_for(rewriter, spec, loaded):
+            if rewriter.replaces is None:
+                continue
+            earlier = claimed.setdefault((site.name, rewriter.replaces), spec)
+            if earlier is not spec:
+                from compressor.errors import RecipeError
+
+                raise RecipeError(f"passes conflict: {earlier.stage}.{earlier.name} and {spec.stage}.{spec.name} "
+                                  f"both replace the {rewriter.replaces.replace('_', ' ')} of {site.name}; "
+                                  "use targets/ignore so that each site is rewritten by one of them")
+
+
 def apply_recipe(loaded: LoadedModel, recipe: Recipe, seed: int, context: PassContext | None = None,
                  progress: bool = True) -> tuple[Recipe, list[AppliedPass]]:
     """Run every pass of `recipe` on `loaded.model` in place; returns the recipe with every plan filled in.
 
     Without a context (reload), each spec must carry its plan, and only the deterministic rewrite runs.
     """
+    check_recipe_fits(loaded, recipe)
     applied = []
     for spec in recipe.passes():
         rewriter = PASSES[spec.name]()
@@ -130,10 +148,7 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
     loaded = load_source(source, revision=revision, token=token, trust_remote_code=trust_remote_code)
     adapter, model = loaded.adapter, loaded.model
     torch.manual_seed(seed)
-    # the recipe must fit the model before anything slow happens
-    for spec in recipe.passes():
-        if spec.plan is None:
-            sites_for(PASSES[spec.name](), spec, loaded)
+    check_recipe_fits(loaded, recipe)  # before anything slow happens
 
     calibration = None
     if calib is not None:

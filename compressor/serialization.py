@@ -71,13 +71,29 @@ def save(result, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
         processor = loaded.adapter.processor
         if processor is not None and hasattr(processor, "save_pretrained"):
             processor.save_pretrained(str(staging))
-        (staging / "README.md").write_text(render_model_card(result, config))
+        (staging / "README.md").write_text(render_model_card(result, config, load_as=str(out)))
     return Path(out)
 
 
 def _load_processor(directory: Path, library: str, config: dict[str, Any]):
     module = _library_module(library)
     return module.load_processor(directory, config)
+
+
+#: what transformers and timm constructors raise on a config with impossible values (e.g. zero attention heads)
+_BUILD_ERRORS = (ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError, RuntimeError, AssertionError)
+#: the entries of `compression_config` a reload needs, and their types
+_META_TYPES = {"library": str, "base_model": str, "format_version": int, "seed": int}
+
+
+def _compression_meta(directory: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The `compression_config` entry popped from `config`, checked, or a one-line error for a damaged file."""
+    meta = config.pop(COMPRESSION_KEY)
+    if not isinstance(meta, dict) or any(not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool)
+                                         for key, kind in _META_TYPES.items()):
+        raise SourceError(f"{directory / 'config.json'}: {COMPRESSION_KEY} is damaged (it needs "
+                          f"{', '.join(_META_TYPES)} as compress writes them); re-run compress")
+    return meta
 
 
 def load_compressed(directory: str | os.PathLike, source: str | None = None) -> LoadedModel:
@@ -87,15 +103,20 @@ def load_compressed(directory: str | os.PathLike, source: str | None = None) -> 
 
     directory = Path(directory)
     config = read_config(directory)
-    meta = config.pop(COMPRESSION_KEY)
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    meta = _compression_meta(directory, config)
+    if meta["format_version"] > FORMAT_VERSION:
         raise SourceError(f"{directory} was written by compressor {meta.get('compressor_version')} (format "
                           f"{meta.get('format_version')}); upgrade compressor to load it")
     for name in (WEIGHTS, RECIPE):
         if not (directory / name).is_file():
             raise SourceError(f"{directory} has no {name}; it is not a complete compressed model (re-run compress)")
     module = _library_module(meta["library"])
-    model = module.build_hf_model(config) if meta["library"] == "transformers" else module.build_timm_model(config)
+    try:
+        model = module.build_hf_model(config) if meta["library"] == "transformers" else module.build_timm_model(config)
+    except _BUILD_ERRORS as error:
+        raise SourceError(f"cannot build the architecture {directory / 'config.json'} describes "
+                          f"({type(error).__name__}: {(str(error).strip().splitlines() or ['no detail'])[0]}); "
+                          "the file is damaged, re-run compress") from None
     processor = _load_processor(directory, meta["library"], config)
     loaded = LoadedModel(model, adapter_for(model, processor), source or str(directory), meta["base_model"],
                          compression=meta, directory=directory)
@@ -103,7 +124,7 @@ def load_compressed(directory: str | os.PathLike, source: str | None = None) -> 
     if any(spec.plan is None for spec in recipe.passes()):
         raise SourceError(f"{directory / RECIPE} lacks the per-site plan of a resolved recipe; it was not written "
                           "by compress")
-    apply_recipe(loaded, recipe, seed=int(meta.get("seed", 0)), progress=False)
+    apply_recipe(loaded, recipe, seed=meta["seed"], progress=False)
     _load_weights(model, directory / WEIGHTS)
     model.eval()
     return loaded

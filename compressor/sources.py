@@ -49,9 +49,13 @@ def read_config(directory: Path) -> dict[str, Any]:
             f"{directory} has no config.json: expected a save_pretrained directory (transformers or timm) or a "
             "directory written by `cli.py compress`")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SourceError(f"{path} is not valid JSON ({error}); re-save the model with save_pretrained") from None
+    if not isinstance(config, dict):
+        raise SourceError(f"{path} holds a JSON {type(config).__name__}, not an object of settings; re-save the model "
+                          "with save_pretrained")
+    return config
 
 
 def _is_timm_config(config: dict[str, Any]) -> bool:

@@ -9,4 +9,5 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["checkpoints_hf", "checkpoints_timm", "shared_assets"]
+pytest_plugins = ["checkpoints_hf", "checkpoints_timm", "checkpoints_compressed", "shared_assets",
+                  "hub_servers"]

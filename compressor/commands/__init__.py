@@ -2,6 +2,7 @@
 
 from compressor.commands.compress import CompressCommand
 from compressor.commands.inspect import InspectCommand
+from compressor.commands.push import PushCommand
 from compressor.commands.recipes import RecipesCommand
 
-COMMANDS = [CompressCommand, InspectCommand, RecipesCommand]
+COMMANDS = [CompressCommand, InspectCommand, RecipesCommand, PushCommand]

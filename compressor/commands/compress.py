@@ -9,6 +9,7 @@ from pathlib import Path
 
 from compressor.atomic_dir import check_output_path
 from compressor.commands.base import Command, add_recipe_arguments, add_source_arguments, parse_input_size
+from compressor.commands.push import add_push_to_arguments, check_push_to, push_if_asked
 from compressor.errors import CompressorError
 
 
@@ -38,6 +39,7 @@ class CompressCommand(Command):
                             help="timed forwards per model for the latency median (default 5)")
         parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
         parser.add_argument("--quiet", action="store_true", help="no progress messages")
+        add_push_to_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from compressor.pipeline import compress
@@ -46,6 +48,7 @@ class CompressCommand(Command):
 
         out = Path(args.out or default_output_name(args.source, args.recipe))
         check_output_path(out, args.overwrite)
+        check_push_to(args)
         if args.calib_samples < 1 or args.latency_runs < 1:
             raise CompressorError("--calib-samples and --latency-runs must be at least 1")
         result = compress(args.source, args.recipe, overrides=args.overrides, calib=args.calib,
@@ -59,4 +62,5 @@ class CompressCommand(Command):
         else:
             print(format_table(result.report))
             print(f"\nwrote {out}/ (config.json, model.safetensors, recipe.yaml, report.json, README.md)")
+        push_if_asked(args, out)
         return 0

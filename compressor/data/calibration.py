@@ -8,6 +8,7 @@ A seeded random subset of `limit` examples is used, so calibration is reproducib
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -58,6 +59,10 @@ def _load_dataset(spec: str):
     import datasets
 
     path = Path(spec).expanduser()
+    # datasets logs a failure before raising it; the one-line SourceError below says the same thing
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
         if path.suffix.lower() in TABLE_FORMATS and path.is_file():
             return datasets.load_dataset(TABLE_FORMATS[path.suffix.lower()], data_files=str(path), split="train")
@@ -66,6 +71,8 @@ def _load_dataset(spec: str):
     except Exception as error:  # datasets raises many types for unreadable or unreachable data
         raise SourceError(f"cannot read calibration data {spec!r} ({type(error).__name__}: "
                           f"{str(error).splitlines()[0] if str(error) else 'no detail'})") from None
+    finally:
+        logger.setLevel(level)
 
 
 def read_examples(spec: str, want_text: bool, limit: int, seed: int = 0) -> list:

@@ -8,9 +8,10 @@ adapter knows nothing of the passes.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -103,6 +104,52 @@ class AttentionKernel(nn.Module):
         raise NotImplementedError
 
 
+class TokenReducer(ABC):
+    """The contract between a token-reduction pass and the blocks an adapter rewrites for it.
+
+    Blocks are numbered 0..n-1 in the order `ModelAdapter.token_reduction_blocks` lists them. The first block calls
+    `start` (with the padding mask (batch, tokens) bool, True for real tokens, and any per-token position
+    embeddings), every block computes its attention with `attention_bias()` added (None: no bias), reports the
+    importance `importance_for(block)` asks for, and calls `reduce` between its attention and its MLP (ToMe, EViT),
+    or at its end where tokens must leave complete layers (DETR's sparse encoder updates); the last block returns
+    `finish(hidden)`.
+    """
+
+    @abstractmethod
+    def start(self, hidden: torch.Tensor, padding: torch.Tensor | None = None,
+              position: torch.Tensor | None = None) -> None: ...
+
+    @abstractmethod
+    def attention_bias(self) -> torch.Tensor | None: ...
+
+    @abstractmethod
+    def position(self) -> torch.Tensor | None: ...
+
+    @abstractmethod
+    def size(self) -> torch.Tensor | None: ...
+
+    @abstractmethod
+    def importance_for(self, block: int) -> str | None: ...
+
+    @abstractmethod
+    def reduce(self, block: int, hidden: torch.Tensor, metric: torch.Tensor | None = None,
+               importance: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    @abstractmethod
+    def finish(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+
+@functools.cache
+def token_reducing_class(block_class: type[nn.Module], forward: Callable) -> type[nn.Module]:
+    """A subclass of `block_class` whose forward is `forward(block, *args, **kwargs)` (a token-reducing forward).
+
+    Installing swaps a block's `__class__` (as ToMe patches timm): parameters, names and the state dict stay.
+    """
+    reducing = type(f"TokenReducing{block_class.__name__}", (block_class,), {"forward": forward})
+    reducing.__qualname__ = reducing.__name__
+    return reducing
+
+
 class ModelAdapter(ABC):
     """Describes one model family. Subclasses set the class attributes and implement the abstract methods."""
 
@@ -174,6 +221,44 @@ class ModelAdapter(ABC):
 
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
+
+    # --- token reduction (token_merge, token_clip) ---------------------------------------------------------------
+    #: the token-reducing forward of this family's blocks, `forward(block, *args, **kwargs)`; None: unsupported
+    token_block_forward: ClassVar[Callable | None] = None
+    #: the token reductions this family's blocks support: "merge" (ToMe) and "clip"
+    token_reduction_methods: ClassVar[tuple[str, ...]] = ("merge", "clip")
+
+    def token_reduction_blocks(self) -> list[BlockSite]:
+        """The blocks whose tokens can be reduced, in forward order (one stack); empty when unsupported."""
+        return []
+
+    def output_needs_all_tokens(self) -> bool:
+        """True when the model's output reads every token (pooling over tokens, a decoder, dense maps), so a
+        reduced sequence must be restored to the full token map after the last block."""
+        return True
+
+    def install_token_reducer(self, reducer: Any) -> None:
+        """Make every block of `token_reduction_blocks` run `token_block_forward`, driven by `reducer` (a
+        `TokenReducer`, or for windowed attention a `compressor.ops.window_tokens.WindowTokenReducer`)."""
+        from compressor.errors import CompressorError
+
+        sites = self.token_reduction_blocks()
+        if not sites or type(self).token_block_forward is None:
+            raise CompressorError(f"token reduction is not supported for {self.display_name} models")
+        if self.token_reducer() is not None:
+            raise CompressorError("this model already has a token reducer (token_merge and token_clip cannot run "
+                                  "on the same model); keep one of the two passes")
+        forward = type(self).token_block_forward
+        for index, site in enumerate(sites):
+            block = self.module(site.name)
+            block.__class__ = token_reducing_class(type(block), forward)
+            block.token_reducer, block.token_block = reducer, index
+            block.token_last = index == len(sites) - 1
+
+    def token_reducer(self) -> Any:
+        """The reducer installed on this model's blocks, if any."""
+        sites = self.token_reduction_blocks()
+        return getattr(self.module(sites[0].name), "token_reducer", None) if sites else None
 
     def describe_input(self, inputs: dict[str, torch.Tensor]) -> str:
         """A short human description of an input, e.g. "1×3×800×1066" for the report."""

@@ -97,6 +97,16 @@ def flatten_per_example(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(tensor.shape[0], -1)
 
 
+def real_tokens(attention_mask: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    """(batch, tokens) bool, True for real tokens, from the key-padding mask an encoder layer receives (bool (batch, 1, q, k) with
+    True where attended, an additive float mask, or None when nothing is padded)."""
+    if attention_mask is None:
+        return None
+    row = attention_mask.reshape(attention_mask.shape[0], -1, attention_mask.shape[-1])[:, -1]
+    valid = row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2
+    return valid.expand(batch, -1)
+
+
 def as_pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(value, (tuple, list)):
         return int(value[0]), int(value[1])
@@ -371,6 +381,8 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
     read. The class is `config.architectures[0]` (AutoModel when transformers has no such class); weights must be
     safetensors; remote code runs only with `trust_remote_code=True`.
     """
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel
 
     from compressor.architectures import register_architectures
@@ -382,6 +394,9 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
         raw_config = json.loads(config_file.read_text())
     except (OSError, ValueError) as error:
         raise SourceError(f"{config_file} is not readable JSON ({error}); re-save the model") from None
+    if not isinstance(raw_config, dict):
+        raise SourceError(f"{config_file} holds a JSON {type(raw_config).__name__}, not an object of settings; "
+                          "re-save the model")
     architectures = raw_config.get("architectures") or []
     architecture = architectures[0] if architectures else None
     adapter_class = _adapter_class_for(raw_config.get("model_type"), architecture, source)
@@ -390,8 +405,8 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
     hub_options = {} if is_local else {"revision": revision, "token": token}
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code, **hub_options)
-    except (OSError, ValueError) as error:
-        raise SourceError(f"the config of {source} cannot be read: {_first_line(error)}") from None
+    except (OSError, ValueError, TypeError, StrictDataclassError) as error:
+        raise SourceError(f"the config of {source} cannot be read: {' '.join(str(error).split())[:300]}") from None
     _disable_backbone_download(config)
     model_class = _model_class(architecture)
     if model_class is None or not hasattr(model_class, "from_pretrained"):
@@ -403,6 +418,15 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
         raise SourceError(f"cannot load the weights of {source} with {model_class.__name__}: {_first_line(error)}"
                           f"{'' if is_local else _offline_hint()}; the toolkit reads model.safetensors "
                           f"(re-save a .bin checkpoint with save_pretrained)") from None
+    except SafetensorError as error:
+        raise SourceError(f"the model.safetensors of {source} is corrupt or truncated ({_first_line(error)}); "
+                          "re-download it or re-save the model with save_pretrained") from None
+    except RuntimeError:  # transformers' verdict on weights whose shapes the config does not describe
+        raise SourceError(f"the weights of {source} do not have the shapes its config.json describes; the files "
+                          "come from different models") from None
+    except (ZeroDivisionError, TypeError, KeyError, AttributeError, AssertionError) as error:
+        raise SourceError(f"cannot build the architecture the config.json of {source} describes "
+                          f"({type(error).__name__}: {_first_line(error)}); the file is damaged") from None
     processor = _load_processor(adapter_class.processor_kind, source, config_file.parent, is_local,
                                 revision=revision, token=token, trust_remote_code=trust_remote_code)
     return model.eval(), processor

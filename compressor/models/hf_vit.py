@@ -14,6 +14,8 @@ import torch
 
 from compressor.models.base import AttentionSite, BlockSite, FFNSite, TokenLayout
 from compressor.models.hf_common import HFVisionAdapter, as_pair
+from compressor.ops.token_reduction import block_attention
+from compressor.ops.tokens import split_heads
 
 
 def _layer_classes() -> tuple[type, ...]:
@@ -21,6 +23,20 @@ def _layer_classes() -> tuple[type, ...]:
     from transformers.models.vit.modeling_vit import ViTLayer
 
     return ViTLayer, DeiTLayer
+
+
+def token_reducing_layer_forward(layer, hidden_states: torch.Tensor, attention_mask=None, **kwargs) -> torch.Tensor:
+    """ViTLayer / DeiTLayer.forward (pre-norm, inference) with the tokens reduced between attention and MLP."""
+    reducer, attention = layer.token_reducer, layer.attention
+    if layer.token_block == 0:
+        reducer.start(hidden_states)
+    normed = layer.layernorm_before(hidden_states)
+    q, k, v = (split_heads(projection(normed), attention.head_dim)
+               for projection in (attention.q_proj, attention.k_proj, attention.v_proj))
+    attended, metric, importance = block_attention(layer, attention, q, k, v, attention.scaling)
+    hidden_states = reducer.reduce(layer.token_block, attention.o_proj(attended) + hidden_states, metric, importance)
+    hidden_states = hidden_states + layer.mlp(layer.layernorm_after(hidden_states))
+    return reducer.finish(hidden_states) if layer.token_last else hidden_states
 
 
 class HFViTAdapter(HFVisionAdapter):
@@ -61,6 +77,17 @@ class HFViTAdapter(HFVisionAdapter):
         grid = (height // patch_height, width // patch_width)
         return TokenLayout(prefix_tokens=self.prefix_tokens, grid=grid,
                            sequence_length=len(self.prefix_tokens) + grid[0] * grid[1])
+
+    # --- token reduction ------------------------------------------------------------------------------------------
+    token_block_forward = token_reducing_layer_forward
+
+    def token_reduction_blocks(self) -> list[BlockSite]:
+        return self.blocks()
+
+    def output_needs_all_tokens(self) -> bool:
+        """Heads read the class (and distillation) token only; a bare model's token states stay complete."""
+        return type(self.model).__name__ not in ("ViTForImageClassification", "DeiTForImageClassification",
+                                                 "DeiTForImageClassificationWithTeacher")
 
     def bare_model_output(self, outputs: Any) -> torch.Tensor:
         return outputs.last_hidden_state[:, 0]

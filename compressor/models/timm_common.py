@@ -241,6 +241,8 @@ def _read_timm_config(path: Path) -> dict[str, Any]:
         raise SourceError(f"{path} is not valid JSON ({error}); expected {layout}") from None
     if not isinstance(config, dict) or "architecture" not in config:
         raise SourceError(f"{path} has no \"architecture\" entry, so it is not a timm config; expected {layout}")
+    if not isinstance(config["architecture"], str):
+        raise SourceError(f"{path}: \"architecture\" must be a timm model name, got {config['architecture']!r}")
     return config
 
 
@@ -265,10 +267,11 @@ def _create_from_directory(directory: Path, *, pretrained: bool) -> nn.Module:
     """timm's own local-dir loader: it reads the config, builds with its model_args, then loads the weights
     (safetensors first; other formats with torch.load(weights_only=True), never unrestricted pickle)."""
     import timm
+    from safetensors import SafetensorError
 
     try:
         return timm.create_model(f"local-dir:{directory}", pretrained=pretrained).eval()
-    except (RuntimeError, OSError, ValueError, TypeError, AssertionError) as error:
+    except (RuntimeError, OSError, ValueError, TypeError, AssertionError, SafetensorError) as error:
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise SourceError(f"cannot build the timm model in {directory}: {detail}; re-save it with "
                           "timm.models.save_for_hf(model, dir, safe_serialization=True)") from None

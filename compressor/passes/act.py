@@ -20,6 +20,7 @@ class ACTPass(Pass):
     name = "act"
     summary = "Adaptive Clustering Transformer attention: E2LSH-clustered queries, attention per prototype."
     site_kind = "attention"
+    replaces = "attention_kernel"
     params = {
         "rounds": Param("int", 32, "L, the number of E2LSH rounds; tokens share a cluster only if all L codes "
                         "agree, so more rounds give more, finer clusters.", minimum=1, maximum=1024),

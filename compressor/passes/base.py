@@ -102,6 +102,9 @@ class Pass(ABC):
     params: ClassVar[dict[str, Param]]
     #: what kind of site the targets select from: "attention", "ffn" or "block"
     site_kind: ClassVar[str]
+    #: what the pass replaces outright at a site (e.g. "attention_kernel"); two passes replacing the same thing at
+    #: the same site conflict, and the recipe is rejected before anything runs
+    replaces: ClassVar[str | None] = None
 
     @classmethod
     def all_params(cls) -> dict[str, Param]:

@@ -1,0 +1,64 @@
+"""Token clipping (EViT, Liang et al. 2022; sparse encoder updates as in Sparse DETR, Roh et al. 2022): after a
+targeted block's attention, only the most important tokens go on; the rest are dropped, or fused into one extra
+token weighted by their importance. Importance is the attention received from the class token where there is one,
+else the mean attention received. Where the output needs every token (DETR's decoder, BERT's token states), the
+tokens that left are put back at the end with the value they had when they left: they passed the remaining
+layers unchanged. In windowed attention (Swin) every window keeps the same number of tokens, in every block after
+the first (see `compressor.ops.window_tokens`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compressor.errors import RecipeError
+from compressor.models.base import BlockSite, ModelAdapter
+from compressor.ops.token_reduction import ClipStep
+from compressor.passes.base import Param
+from compressor.passes.token_reduction import TokenReductionPass
+
+#: where EViT clips a 12-layer ViT (after blocks 4, 7 and 10), as fractions of the depth
+EVIT_DEPTHS = (0.25, 0.5, 0.75)
+
+
+class TokenClipPass(TokenReductionPass):
+    name = "token_clip"
+    summary = "EViT-style clipping: keep the most attended tokens at chosen blocks, drop or fuse the rest."
+    method = "clip"
+    params = {
+        "keep_ratio": Param("float", 0.7, "Fraction of the non-prefix tokens each targeted block keeps (ratios "
+                            "compound over blocks); `1` keeps every token and reproduces the original model.",
+                            greater_than=0, maximum=1),
+        "fuse": Param("bool", True, "Fuse the clipped tokens into one extra token, their importance-weighted "
+                      "average (EViT); `false` drops them."),
+        "importance": Param("str", "auto", "How tokens are ranked: `cls` (attention received from the class "
+                            "token), `mean` (mean attention received; needs the full attention matrix), or "
+                            "`auto` (`cls` where the model has a class token).", choices=("auto", "cls", "mean")),
+    }
+
+    def default_sites(self, adapter: ModelAdapter, candidates: list[BlockSite]) -> list[BlockSite]:
+        """With a class token, EViT's three blocks at 1/4, 1/2 and 3/4 of the depth; with windowed attention
+        (Swin) every block (the first only scores tokens: nothing has ranked them yet); otherwise (the DETR
+        encoder) the first block, so every later block runs on the kept tokens only."""
+        layout = adapter.token_layout()
+        if layout.window is not None:
+            return candidates
+        if "cls" not in layout.prefix_tokens:
+            return candidates[:1]
+        chosen = sorted({min(len(candidates) - 1, int(len(candidates) * depth + 0.5)) for depth in EVIT_DEPTHS})
+        return [candidates[index] for index in chosen]
+
+    def plan_entry(self, adapter: ModelAdapter, site: BlockSite, params: dict[str, Any]) -> dict[str, Any]:
+        return {"keep_ratio": float(params["keep_ratio"])}
+
+    def step(self, entry: dict[str, Any], params: dict[str, Any]) -> ClipStep:
+        return ClipStep(float(entry["keep_ratio"]), bool(params["fuse"]))
+
+    def importance(self, adapter: ModelAdapter, params: dict[str, Any]) -> str:
+        has_cls = adapter.token_layout().prefix_tokens[:1] == ("cls",)
+        if params["importance"] == "cls" and not has_cls:
+            raise RecipeError(f"token_clip.importance: `cls` needs a class token, and {adapter.display_name} "
+                              "models have none; use `mean` or `auto`")
+        if params["importance"] == "auto":
+            return "cls" if has_cls else "mean"
+        return params["importance"]

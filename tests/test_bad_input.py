@@ -1,0 +1,298 @@
+"""Bad input, across the CLI and the API: one clear line, exit status 2, no traceback, nothing written.
+
+Each CLI case builds its broken input in a fresh directory, runs `cli.py` in-process from that directory, and checks
+that the directory tree is byte-for-byte what it was before (no output, no staging directory, no created parents).
+A few cases run as real subprocesses to check what a user's terminal shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import compressor
+from checkpoints_compressed import copy_compressed
+from compressor.cli import main
+from compressor.errors import CompressorError, RecipeError, SourceError, UnsupportedModelError
+from compressor.recipe import Recipe
+from file_trees import tree
+
+REPO = Path(__file__).resolve().parents[1]
+ACT = "description: x\ncompress_stage:\n  act:\n"
+
+
+def recipe_file(workdir: Path, text: str) -> str:
+    path = workdir / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+def broken_copy(source: Path, workdir: Path, name: str = "model") -> Path:
+    return copy_compressed(source, workdir / name)
+
+
+# --- the cases ------------------------------------------------------------------------------------------------------
+# Each builder gets (workdir, fixtures) and returns the CLI arguments; fixtures holds the small checkpoints.
+
+def _compress(source, *args):
+    return ["compress", str(source), *args, "--out", "out", "--quiet", "--latency-runs", "1"]
+
+
+def _gpt2(workdir):
+    from transformers import GPT2Config, GPT2Model
+
+    GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=16)).save_pretrained(
+        workdir / "gpt2")
+    return workdir / "gpt2"
+
+
+def _vit_with_weights(workdir, f, damage):
+    directory = workdir / "vit"
+    shutil.copytree(f["vit"], directory)
+    damage(directory / "model.safetensors")
+    return directory
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"\x00\x01not a safetensors file" * 10)
+
+
+def _with_config(workdir, source, change, name="model"):
+    """A copy of `source` whose config.json is `change(config)` (a dict, or any JSON value)."""
+    directory = copy_compressed(source, workdir / name)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(change(config)))
+    return directory
+
+
+def _compressed_with(workdir, f, edit):
+    directory = broken_copy(f["compressed"], workdir)
+    edit(directory)
+    return directory
+
+
+def _edit_recipe(directory: Path, change) -> None:
+    data = yaml.safe_load((directory / "recipe.yaml").read_text())
+    change(data["compress_stage"]["act"])
+    (directory / "recipe.yaml").write_text(yaml.safe_dump(data))
+
+
+def _calib_file(workdir, name, content: bytes):
+    path = workdir / name
+    path.write_bytes(content)
+    return str(path)
+
+
+CASES = {
+    # recipes
+    "malformed yaml": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(w, "compress_stage:\n  act: [x\n")),
+                       "not valid YAML"),
+    "recipe is a list": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(w, "- act\n- rounds\n")),
+                         "mapping"),
+    "empty recipe": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(w, "")), "recipe.yaml"),
+    "recipe not utf-8": (lambda w, f: _compress(f["vit"], "--recipe", _calib_file(w, "r.yaml", b"\xff\xfe\x00bad")),
+                         "cannot read the recipe"),
+    "recipe is a directory": (lambda w, f: _compress(f["vit"], "--recipe", str(w)), "is not a file"),
+    "unknown built-in recipe": (lambda w, f: _compress(f["vit"], "--recipe", "actt"), "not a built-in recipe"),
+    "python tag in yaml": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(
+        w, ACT + "    rounds: !!python/object/apply:os.system ['echo owned']\n")), "recipe.yaml:4"),
+    "unknown pass": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(w, "compress_stage:\n  actt: {}\n")),
+                     "unknown pass 'actt'"),
+    "unknown parameter": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(w, ACT + "    roundz: 3\n")),
+                          "unknown act parameter 'roundz'"),
+    "wrong type": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(w, ACT + "    rounds: many\n")),
+                   "rounds expects an integer"),
+    "out of range": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(w, ACT + "    rounds: 0\n")),
+                     ">= 1"),
+    "out of range override": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--set", "act.bucket_width=-1"),
+                              "> 0"),
+    "fidelity target above one": (lambda w, f: _compress(f["vit"], "--recipe", "act",
+                                                         "--set", "act.fidelity_target=1.5"), "<= 1"),
+    "bad choice override": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--set", "act.cluster=tokens"),
+                            "one of queries, keys, both"),
+    "override without value": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--set", "act.rounds"),
+                               "expected <pass>.<param>=<value>"),
+    "override of absent pass": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--set", "tome.r=4"),
+                                "no pass 'tome'"),
+    "invalid regex target": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--set", "act.targets=[re:(]"),
+                             "not a valid regular expression"),
+    # recipes against a model
+    "target matches nothing": (lambda w, f: _compress(f["vit"], "--recipe", "act",
+                                                      "--set", "act.targets=[encoder.nothing.*]"),
+                               "matches no act site"),
+    "ignore matches nothing": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--set", "act.ignore=[nothing]"),
+                               "act.ignore: 'nothing' matches no act site"),
+    "ignore removes everything": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--set", "act.ignore=[auto]"),
+                                  "only meaningful in targets"),
+    "pass without sites in this family": (lambda w, f: _compress(f["swin"], "--recipe", "act"),
+                                          "finds no sites for act"),
+    "conflicting passes": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(
+        w, ACT + "    rounds: 4\nrefine_stage:\n  act:\n    targets: ['vit.layers.1.*']\n")),
+                           "passes conflict: compress_stage.act and refine_stage.act"),
+    "calibration needed": (lambda w, f: _compress(f["vit"], "--recipe", "act-calibrated"), "--calib"),
+    # models
+    "missing model": (lambda w, f: _compress(w / "no-such-model", "--recipe", "act"), "no such model directory"),
+    "model is a file": (lambda w, f: _compress(recipe_file(w, "x"), "--recipe", "act"), "is a file"),
+    "model without config": (lambda w, f: _compress(w, "--recipe", "act"), "no config.json"),
+    "malformed hub id": (lambda w, f: _compress("not a model id!", "--recipe", "act"), "not a model id!"),
+    "unknown hub id offline": (lambda w, f: _compress("some-org/no-such-model", "--recipe", "act"),
+                               "HF_HUB_OFFLINE"),
+    "unsupported architecture": (lambda w, f: _compress(_gpt2(w), "--recipe", "act"), "GPT2Model"),
+    "corrupt safetensors": (lambda w, f: _compress(_vit_with_weights(w, f, _garbage), "--recipe", "act"),
+                            "model.safetensors"),
+    "truncated safetensors": (lambda w, f: _compress(_vit_with_weights(w, f, truncate), "--recipe", "act"),
+                              "model.safetensors"),
+    "config is a json list": (lambda w, f: _compress(_with_config(w, f["vit"], lambda c: [c]), "--recipe", "act"),
+                              "not an object of settings"),
+    "config with an impossible value": (lambda w, f: _compress(_with_config(
+        w, f["vit"], lambda c: {**c, "num_attention_heads": 0}), "--recipe", "act"), "the file is damaged"),
+    "config value of the wrong type": (lambda w, f: _compress(_with_config(
+        w, f["vit"], lambda c: {**c, "hidden_size": "big"}), "--recipe", "act"), "expected int"),
+    "weights of another shape than the config": (lambda w, f: _compress(_with_config(
+        w, f["vit"], lambda c: {**c, "hidden_size": 48}), "--recipe", "act"), "do not have the shapes"),
+    "timm architecture that is not a name": (lambda w, f: _compress(_with_config(
+        w, f["timm_vit"], lambda c: {**c, "architecture": 5}), "--recipe", "act"), "must be a timm model name"),
+    # compressed models on reload
+    "damaged compression_config": (lambda w, f: ["inspect", str(_with_config(
+        w, f["compressed"], lambda c: {**c, "compression_config": {"format": "compressor"}}))],
+                                   "compression_config is damaged"),
+    "impossible config in a compressed model": (lambda w, f: ["inspect", str(_with_config(
+        w, f["compressed"], lambda c: {**c, "num_attention_heads": 0}))], "the file is damaged"),
+    "truncated compressed weights": (lambda w, f: ["inspect", str(_compressed_with(
+        w, f, lambda d: truncate(d / "model.safetensors")))], "corrupt or truncated"),
+    "recipe does not match the weights": (lambda w, f: ["inspect", str(_compressed_with(
+        w, f, lambda d: _edit_recipe(d, lambda act: act.update(rounds=6))))], "does not match"),
+    "recipe without the plan": (lambda w, f: ["inspect", str(_compressed_with(
+        w, f, lambda d: _edit_recipe(d, lambda act: act.pop("plan"))))], "lacks the per-site plan"),
+    "plan without a site the weights have": (lambda w, f: ["inspect", str(_compressed_with(
+        w, f, lambda d: _edit_recipe(d, lambda act: act["plan"].pop(sorted(act["plan"])[0]))))],
+                                             "weights and recipe.yaml come from different runs"),
+    "plan for another architecture": (lambda w, f: ["inspect", str(_compressed_with(
+        w, f, lambda d: _edit_recipe(d, lambda act: act.update(plan={"model.encoder.layers.0.self_attn":
+                                                                     {"bucket_width": 2.0}}))))],
+                                      "recipe was made for another architecture"),
+    "compressed model without recipe": (lambda w, f: ["inspect", str(_compressed_with(
+        w, f, lambda d: (d / "recipe.yaml").unlink()))], "no recipe.yaml"),
+    "config that is not json": (lambda w, f: ["inspect", str(_compressed_with(
+        w, f, lambda d: (d / "config.json").write_text("{not json")))], "not valid JSON"),
+    # data
+    "unreadable calibration data": (lambda w, f: _compress(f["vit"], "--recipe", "act-calibrated", "--calib",
+                                                           _calib_file(w, "calib.parquet", b"PAR1 garbage")),
+                                    "cannot read calibration data"),
+    "missing calibration data": (lambda w, f: _compress(f["vit"], "--recipe", "act-calibrated",
+                                                        "--calib", "./nothing.parquet"), "does not exist"),
+    "calibration folder without images": (lambda w, f: _compress(f["vit"], "--recipe", "act-calibrated",
+                                                                 "--calib", str(w)), "contains no images"),
+    "text calibration for an image model": (lambda w, f: _compress(f["vit"], "--recipe", "act-calibrated",
+                                                                   "--calib", _calib_file(w, "t.txt", b"words\n")),
+                                            "takes images"),
+    # output and options
+    "output exists": (lambda w, f: (w.joinpath("out").mkdir(), _compress(f["vit"], "--recipe", "act"))[1],
+                      "--overwrite"),
+    "output is a file": (lambda w, f: (w.joinpath("out").write_text("x"), _compress(
+        f["vit"], "--recipe", "act", "--overwrite"))[1], "not a directory"),
+    "output parent is a file": (lambda w, f: (w.joinpath("parent").write_text("x"), [
+        "compress", str(f["vit"]), "--recipe", "act", "--out", "parent/out", "--quiet"])[1], "is a file"),
+    "bad input size": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--input-size", "big"), "HEIGHTxWIDTH"),
+    "zero calibration samples": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--calib-samples", "0"),
+                                 "at least 1"),
+}
+
+
+@pytest.fixture
+def fixtures(hf_vit_dir, hf_swin_dir, timm_vit_dir, compressed_vit_dir):
+    return {"vit": hf_vit_dir, "swin": hf_swin_dir, "timm_vit": timm_vit_dir, "compressed": compressed_vit_dir}
+
+
+def assert_one_line_error(status: int, err: str, expected: str) -> None:
+    assert status == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert expected in err, err
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_cli_input_is_one_line_exit_2_and_writes_nothing(case, fixtures, tmp_path, monkeypatch, capsys):
+    build, expected = CASES[case]
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    argv = build(workdir, fixtures)
+    capsys.readouterr()  # what building the broken input printed (save_pretrained's progress bar) is not ours
+    monkeypatch.chdir(workdir)
+    before = tree(workdir)
+    status = main(argv)
+    assert_one_line_error(status, capsys.readouterr().err, expected)
+    assert tree(workdir) == before
+
+
+def test_the_suite_covers_at_least_25_kinds_of_mistake():
+    assert len(CASES) >= 25
+
+
+def test_bad_input_in_a_real_process_shows_one_line_and_no_traceback(fixtures, tmp_path):
+    """A truncated safetensors file once escaped as a traceback; in a real process the user sees one line."""
+    build, expected = CASES["truncated safetensors"]
+    argv = build(tmp_path, fixtures)
+    before = tree(tmp_path)
+    done = subprocess.run([sys.executable, str(REPO / "cli.py"), *argv], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert_one_line_error(done.returncode, done.stderr, expected)
+    assert done.stdout == ""
+    assert tree(tmp_path) == before
+
+
+# --- the API raises the same one-line errors --------------------------------------------------------------------
+
+def _one_line(raised) -> str:
+    message = str(raised.value)
+    assert message and "\n" not in message
+    return message
+
+
+def test_api_compress_rejects_a_conflicting_recipe_before_loading_data(hf_vit_dir):
+    recipe = Recipe.from_dict({"description": "x", "a_stage": {"act": {}}, "b_stage": {"act": {}}})
+    with pytest.raises(RecipeError) as raised:
+        compressor.compress(hf_vit_dir, recipe, calib="/no/such/data.parquet", progress=False)
+    assert "conflict" in _one_line(raised)
+
+
+def test_api_load_of_a_truncated_compressed_model_is_a_source_error(compressed_vit_dir, tmp_path):
+    directory = copy_compressed(compressed_vit_dir, tmp_path / "m")
+    truncate(directory / "model.safetensors", 0.9)
+    with pytest.raises(SourceError) as raised:
+        compressor.load(directory)
+    assert "truncated" in _one_line(raised)
+
+
+def test_api_load_of_an_unsupported_model_is_an_unsupported_model_error(tmp_path):
+    with pytest.raises(UnsupportedModelError) as raised:
+        compressor.load(_gpt2(tmp_path))
+    assert "supported:" in _one_line(raised)
+
+
+def test_api_save_refuses_an_existing_output_and_leaves_it_alone(compressed_vit_dir, hf_vit_dir, tmp_path):
+    result = compressor.compress(hf_vit_dir, "act", overrides=["act.rounds=4"], progress=False, latency_runs=1)
+    out = copy_compressed(compressed_vit_dir, tmp_path / "out")
+    before = tree(tmp_path)
+    with pytest.raises(CompressorError) as raised:
+        compressor.save(result, out)
+    assert "--overwrite" in _one_line(raised)
+    assert tree(tmp_path) == before
+
+
+def test_api_recipe_from_dict_rejects_a_non_mapping():
+    with pytest.raises(RecipeError) as raised:
+        Recipe.from_dict(["act"])
+    assert "mapping" in _one_line(raised)
