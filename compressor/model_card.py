@@ -30,6 +30,20 @@ def _metadata(result, config: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
+def evaluation_section(entries: list[dict[str, Any]]) -> str:
+    """The `## Evaluation` section: one row per (data, examples, reference) that `evaluate` or `distill` measured."""
+    if not entries:
+        return ""
+    rows = ["| data | examples | metrics | fidelity to reference |", "|---|---|---|---|"]
+    for entry in entries:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in entry["metrics"].items() if v is not None)
+        fidelity = ", ".join(f"{k} {v:.4g}" for k, v in (entry.get("fidelity") or {}).items())
+        if fidelity:
+            fidelity = f"{fidelity} (`{entry['reference']}`)"
+        rows.append(f"| `{entry['data']}` | {entry['examples']} | {metrics} | {fidelity or '-'} |")
+    return "\n## Evaluation\n\nMeasured with `python cli.py evaluate` on this model.\n\n" + "\n".join(rows) + "\n"
+
+
 def render_model_card(result, config: dict[str, Any]) -> str:
     report = result.report
     passes = ", ".join(f"`{entry['name']}`" for entry in report["passes"]) or "no passes"
@@ -51,7 +65,7 @@ cosine similarity of the model's outputs to the original's.
 ```
 {format_table(report)}
 ```
-
+{evaluation_section(report.get("evaluation", []))}
 ## How to load
 
 ```python

@@ -1,7 +1,8 @@
 """CLI commands, one class per command (the optimum-cli pattern), registered in `COMMANDS`."""
 
 from compressor.commands.compress import CompressCommand
+from compressor.commands.evaluate import EvaluateCommand
 from compressor.commands.inspect import InspectCommand
 from compressor.commands.recipes import RecipesCommand
 
-COMMANDS = [CompressCommand, InspectCommand, RecipesCommand]
+COMMANDS = [CompressCommand, InspectCommand, RecipesCommand, EvaluateCommand]
