@@ -4,5 +4,6 @@ from compressor.commands.compress import CompressCommand
 from compressor.commands.evaluate import EvaluateCommand
 from compressor.commands.inspect import InspectCommand
 from compressor.commands.recipes import RecipesCommand
+from compressor.commands.sweep import SweepCommand
 
-COMMANDS = [CompressCommand, InspectCommand, RecipesCommand, EvaluateCommand]
+COMMANDS = [CompressCommand, InspectCommand, RecipesCommand, EvaluateCommand, SweepCommand]
