@@ -44,6 +44,25 @@ def evaluation_section(entries: list[dict[str, Any]]) -> str:
     return "\n## Evaluation\n\nMeasured with `python cli.py evaluate` on this model.\n\n" + "\n".join(rows) + "\n"
 
 
+def distillation_section(summary: dict[str, Any] | None) -> str:
+    """The `## Distillation` section of a student saved by `distill`: teacher, data, steps, before and best."""
+    if not summary:
+        return ""
+    config = summary["config"]
+    before = ", ".join(f"{k} {v:.4f}" for k, v in (summary.get("before") or {}).items() if v is not None)
+    best = f"{summary['best']:.4f} at step {summary['best_step']}" if summary.get("best") is not None else \
+        f"the last step ({summary['best_step']})"
+    return f"""
+## Distillation
+
+Distilled from `{summary['teacher']}` on `{summary['data']}` ({summary['examples']} examples) with `python cli.py
+distill`: {summary['steps']} steps of batch {config['batch_size']}, lr {config['lr']}, temperature
+{config['temperature']}, weights kd {config['kd_weight']} / task {config['task_weight']} / feature
+{config['feature_weight']}, seed {config['seed']}. Before distillation: {before or 'not measured'}; kept: {best}
+(on `{summary.get('eval_data')}`).
+"""
+
+
 def render_model_card(result, config: dict[str, Any]) -> str:
     report = result.report
     passes = ", ".join(f"`{entry['name']}`" for entry in report["passes"]) or "no passes"
@@ -65,7 +84,7 @@ cosine similarity of the model's outputs to the original's.
 ```
 {format_table(report)}
 ```
-{evaluation_section(report.get("evaluation", []))}
+{evaluation_section(report.get("evaluation", []))}{distillation_section(report.get("distillation"))}
 ## How to load
 
 ```python

@@ -95,6 +95,7 @@ def test_best_student_reloads_in_the_compressed_format(vit_student, cifar_rows, 
     assert best.compression is not None and best.base_model == load_source(vit_student).base_model
     report = json.loads((tmp_path / "run" / "best" / "report.json").read_text())
     assert report["distillation"]["steps"] == 2
+    assert "## Distillation" in (tmp_path / "run" / "best" / "README.md").read_text()
     inputs = best.adapter.example_inputs(batch_size=2)
     with torch.no_grad():
         assert torch.isfinite(best.model(**inputs).logits).all()
