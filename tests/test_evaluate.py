@@ -159,3 +159,13 @@ def test_bad_input_is_one_line_and_exit_2(args, message, resnet20_checkpoint, ci
     assert main(["evaluate", str(resnet20_checkpoint), "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_timm_models_evaluate_through_their_data_config(timm_vit_dir, cifar10_test_parquet):
+    data = load_labelled(str(cifar10_test_parquet)).subset(16)
+    loaded = load_source(timm_vit_dir)
+    result = evaluate(loaded, data, reference=load_source(timm_vit_dir), progress=False)
+    assert result["examples"] == 16 and 0.0 <= result["metrics"]["top1"] <= 1.0
+    assert result["fidelity"]["top1_agreement"] == 1.0
+    # the inputs were made by timm's eval transform at the model's 32×32, not by a transformers processor
+    assert tuple(loaded.adapter.prepare_inputs(data.images(0, 2))["x"].shape) == (2, 3, 32, 32)
