@@ -166,3 +166,17 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool = False) -> Iterato
             except OSError:
                 break
         raise
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Replace the file `path` with `text` all at once (written beside it, then renamed)."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

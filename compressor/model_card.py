@@ -116,6 +116,39 @@ def _plain_library_note(library: str, passes: str) -> str:
             "adds); use `compressor.load`.")
 
 
+def evaluation_section(entries: list[dict[str, Any]]) -> str:
+    """The `## Evaluation` section: one row per (data, examples, reference) that `evaluate` or `distill` measured."""
+    if not entries:
+        return ""
+    rows = ["| data | examples | metrics | fidelity to reference |", "|---|---|---|---|"]
+    for entry in entries:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in entry["metrics"].items() if v is not None)
+        fidelity = ", ".join(f"{k} {v:.4g}" for k, v in (entry.get("fidelity") or {}).items())
+        if fidelity:
+            fidelity = f"{fidelity} (`{entry['reference']}`)"
+        rows.append(f"| `{entry['data']}` | {entry['examples']} | {metrics} | {fidelity or '-'} |")
+    return "\n## Evaluation\n\nMeasured with `python cli.py evaluate` on this model.\n\n" + "\n".join(rows) + "\n"
+
+
+def distillation_section(summary: dict[str, Any] | None) -> str:
+    """The `## Distillation` section of a student saved by `distill`: teacher, data, steps, before and best."""
+    if not summary:
+        return ""
+    config = summary["config"]
+    before = ", ".join(f"{k} {v:.4f}" for k, v in (summary.get("before") or {}).items() if v is not None)
+    best = f"{summary['best']:.4f} at step {summary['best_step']}" if summary.get("best") is not None else \
+        f"the last step ({summary['best_step']})"
+    return f"""
+## Distillation
+
+Distilled from `{summary['teacher']}` on `{summary['data']}` ({summary['examples']} examples) with `python cli.py
+distill`: {summary['steps']} steps of batch {config['batch_size']}, lr {config['lr']}, temperature
+{config['temperature']}, weights kd {config['kd_weight']} / task {config['task_weight']} / feature
+{config['feature_weight']}, seed {config['seed']}. Before distillation: {before or 'not measured'}; kept: {best}
+(on `{summary.get('eval_data')}`).
+"""
+
+
 def render_model_card(result, config: dict[str, Any], load_as: str = "path/to/this-directory") -> str:
     """The card; `load_as` is what the load snippet names (the directory, or the Hub repository when pushed)."""
     report = result.report
@@ -143,6 +176,7 @@ model's).
 
 {_markdown_table(before_after_rows(report), ("", "before", "after", "after/before"))}
 
+{evaluation_section(report.get("evaluation", []))}{distillation_section(report.get("distillation"))}
 ## How to load
 
 ```python

@@ -110,3 +110,15 @@ def test_other_checkpoint_files_fail_with_one_line(vit_cifar10_dir, tmp_path, ca
 def test_inspect_reports_the_real_resnet56(resnet56_checkpoint, capsys):
     assert main(["inspect", str(resnet56_checkpoint)]) == 0
     assert "params 0.853 M" in capsys.readouterr().out
+
+
+def test_original_th_checkpoint_loads_like_its_safetensors_conversion(resnet20_checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    # the layout of akamaster's pretrained_models/*.th: DataParallel keys under `state_dict`, plus best_prec1
+    state = {f"module.{key}": value for key, value in load_file(str(resnet20_checkpoint)).items()}
+    torch.save({"state_dict": state, "best_prec1": 91.78}, tmp_path / "resnet20.th")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = load_source(resnet20_checkpoint).model(pixel_values=x).logits
+        assert torch.equal(load_source(tmp_path / "resnet20.th").model(pixel_values=x).logits, expected)

@@ -36,15 +36,16 @@ def parse_input_size(text: str | None) -> tuple[int, ...] | None:
     return size
 
 
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+def add_source_arguments(parser: argparse.ArgumentParser, input_size: bool = True) -> None:
     parser.add_argument("source", metavar="SOURCE",
                         help="a Hub id (facebook/detr-resnet-50, timm/vit_base_patch16_224.augreg_in21k), a local "
                              "save_pretrained directory, or a directory written by compress")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow model code from the Hub repository to run (off unless you ask)")
-    parser.add_argument("--input-size", metavar="HxW",
-                        help="size of the example input used for FLOPs and latency (default: the model's own)")
+    if input_size:
+        parser.add_argument("--input-size", metavar="HxW",
+                            help="size of the example input used for FLOPs and latency (default: the model's own)")
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -52,3 +53,47 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, required: bool) -> Non
                         help="a built-in recipe name (see `cli.py recipes`) or a YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe parameter, e.g. --set act.rounds=16 (repeatable)")
+
+
+def check_file_output(path: str | None) -> None:
+    """Fail before any heavy work when a result file (--json FILE) could not be written."""
+    if path is None:
+        return
+    import os
+    from pathlib import Path
+
+    target = Path(path).absolute()
+    if target.is_dir():
+        raise CompressorError(f"{path} is a directory; give a file name for the JSON result")
+    if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
+        raise CompressorError(f"cannot write {path}: {target.parent} is not a writable directory")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, batch_size: int = 32) -> None:
+    """--data and how much of it to use: shared by evaluate, sweep and distill."""
+    parser.add_argument("--data", required=True, metavar="DATA",
+                        help="labelled data: a parquet/json file (Hub columns), an image folder with one folder per "
+                             "class, a COCO folder (images + annotations/instances_*.json), or a Hub dataset id "
+                             "(uoft-cs/cifar10:test)")
+    parser.add_argument("--split", help="split of a Hub dataset or image folder (default: train, or id:split)")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="use N examples only (a seeded random subset, the same on every run)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, metavar="B",
+                        help=f"images per forward (default {batch_size})")
+    parser.add_argument("--box-format", choices=("xywh", "xyxy"),
+                        help="how a Hub detection dataset writes objects.bbox (default: xywh, COCO's; xyxy for "
+                             "detection-datasets/coco)")
+
+
+def check_positive(**values: int | None) -> None:
+    """One line for the first of the given options that is set but not positive."""
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise CompressorError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def load_data(args: argparse.Namespace):
+    """The labelled data an --data argument names, cut to --limit."""
+    from compressor.data.loading import load_labelled
+
+    return load_labelled(args.data, split=args.split, box_format=args.box_format).subset(args.limit)

@@ -8,16 +8,15 @@ A seeded random subset of `limit` examples is used, so calibration is reproducib
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 
+from compressor.data.loading import image_column, open_dataset
 from compressor.errors import SourceError
 from compressor.models.base import ModelAdapter
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-TABLE_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 
 
 def _paragraphs(path: Path) -> list[str]:
@@ -36,43 +35,16 @@ def _open_image(path: Path):
         return image.convert("RGB")
 
 
-def _dataset_column(dataset, want_text: bool) -> str:
-    from datasets import Image as ImageFeature
-
+def _dataset_column(dataset, spec: str, want_text: bool) -> str:
+    if not want_text:
+        return image_column(dataset, spec)
     names = list(dataset.features)
-    if want_text:
-        if "text" in names:
-            return "text"
-        strings = [n for n in names if getattr(dataset.features[n], "dtype", None) == "string"]
-        if strings:
-            return strings[0]
-        raise SourceError(f"calibration data has no text column (columns: {', '.join(names)}); add a `text` column")
-    images = [n for n in names if isinstance(dataset.features[n], ImageFeature)]
-    images += [n for n in ("img", "image") if n in names and n not in images]
-    if not images:
-        raise SourceError(f"calibration data has no image column (columns: {', '.join(names)}); "
-                          "expected an Image feature or a column named img/image")
-    return images[0]
-
-
-def _load_dataset(spec: str):
-    import datasets
-
-    path = Path(spec).expanduser()
-    # datasets logs a failure before raising it; the one-line SourceError below says the same thing
-    logger = logging.getLogger("datasets")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        if path.suffix.lower() in TABLE_FORMATS and path.is_file():
-            return datasets.load_dataset(TABLE_FORMATS[path.suffix.lower()], data_files=str(path), split="train")
-        name, _, split = spec.partition(":")
-        return datasets.load_dataset(name, split=split or "train")
-    except Exception as error:  # datasets raises many types for unreadable or unreachable data
-        raise SourceError(f"cannot read calibration data {spec!r} ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0] if str(error) else 'no detail'})") from None
-    finally:
-        logger.setLevel(level)
+    if "text" in names:
+        return "text"
+    strings = [n for n in names if getattr(dataset.features[n], "dtype", None) == "string"]
+    if strings:
+        return strings[0]
+    raise SourceError(f"calibration data has no text column (columns: {', '.join(names)}); add a `text` column")
 
 
 def read_examples(spec: str, want_text: bool, limit: int, seed: int = 0) -> list:
@@ -96,8 +68,8 @@ def read_examples(spec: str, want_text: bool, limit: int, seed: int = 0) -> list
     if not path.exists() and (spec.startswith((".", "/", "~")) or path.suffix):
         raise SourceError(f"calibration data {spec} does not exist; pass a file, a folder of images or a "
                           "Hub dataset id")
-    dataset = _load_dataset(spec)
-    column = _dataset_column(dataset, want_text)
+    dataset = open_dataset(spec)
+    column = _dataset_column(dataset, spec, want_text)
     if len(dataset) == 0:
         raise SourceError(f"calibration data {spec} is empty")
     chosen = torch.randperm(len(dataset), generator=generator)[:limit].sort().values.tolist()

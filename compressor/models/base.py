@@ -219,6 +219,19 @@ class ModelAdapter(ABC):
         if "attention_kernel" in module._modules:
             del module._modules["attention_kernel"]
 
+    def detections(self, outputs: Any, image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """Per image: `scores`, `labels` (indices of the model's classes) and `boxes` (x0, y0, x1, y1 in pixels of
+        the original image of (height, width) `image_sizes[i]`), with the family's own post-processing."""
+        from compressor.errors import CompressorError
+
+        raise CompressorError(f"{self.display_name} models do not detect objects; evaluate them on "
+                              "classification data")
+
+    def query_predictions(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A set-prediction detector's per-query class logits (batch, queries, classes) and normalised boxes
+        (batch, queries, 4), in query order; None for every other model. Fidelity and MTKD compare these."""
+        return None
+
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
 

@@ -139,6 +139,17 @@ class HFDetrAdapter(HFVisionAdapter):
         return TokenLayout(grid=grid, sequence_length=grid[0] * grid[1])
 
     # --- outputs -------------------------------------------------------------------------------------------------
+    def detections(self, outputs: Any, image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """The processor's post-processing with no score threshold: every query is a detection (100 for DETR,
+        COCO's maxDets)."""
+        processor = self.processor if self.processor is not None else self.default_image_processor()
+        return processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=image_sizes)
+
+    def query_predictions(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if getattr(outputs, "pred_boxes", None) is None:
+            return None
+        return outputs.logits, outputs.pred_boxes
+
     def primary_output(self, outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if getattr(outputs, "pred_boxes", None) is not None:
             return torch.cat([flatten_per_example(outputs.logits), flatten_per_example(outputs.pred_boxes)], dim=1)

@@ -1,0 +1,68 @@
+"""`cli.py distill STUDENT --data DATA [--teacher SOURCE]`: train a compressed model to match its original."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+
+from compressor.commands.base import Command, add_data_arguments, check_positive, load_data
+from compressor.errors import CompressorError
+
+
+class DistillCommand(Command):
+    name = "distill"
+    help = "recover a compressed model's accuracy by distillation from the original (accelerate; resumable)"
+
+    @classmethod
+    def register(cls, parser: argparse.ArgumentParser) -> None:
+        from compressor.distill.trainer import DistillConfig
+
+        parser.add_argument("student", metavar="STUDENT", help="a directory written by compress")
+        parser.add_argument("--teacher", metavar="SOURCE",
+                            help="the teacher (default: the model STUDENT was compressed from)")
+        add_data_arguments(parser, batch_size=DistillConfig.batch_size)
+        parser.add_argument("--eval-data", metavar="DATA", help="labelled data to pick the best checkpoint on")
+        parser.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on N examples of --eval-data")
+        parser.add_argument("--out", metavar="DIR", required=True,
+                            help="where checkpoints, log.jsonl, distill.json and best/ go")
+        parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+        defaults = DistillConfig()
+        for field in fields(DistillConfig):
+            if field.name == "batch_size":
+                continue
+            default = getattr(defaults, field.name)
+            kind = float if isinstance(default, float) else int
+            parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=default,
+                                help=f"default {default}")
+        parser.add_argument("--quiet", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from compressor.distill.trainer import Distiller, DistillConfig
+        from compressor.sources import load_source
+
+        config = DistillConfig(**{f.name: getattr(args, f.name) for f in fields(DistillConfig)})
+        check_positive(limit=args.limit, batch_size=args.batch_size, eval_limit=args.eval_limit,
+                       checkpoint_every=config.checkpoint_every, log_every=config.log_every, steps=config.steps,
+                       eval_every=config.eval_every)
+        if config.temperature <= 0 or config.lr <= 0:
+            raise CompressorError("--temperature and --lr must be positive")
+        out = Path(args.out)
+        if out.exists() and not args.resume and any(out.iterdir()):
+            raise CompressorError(f"{out} is not empty; pass --resume to continue that run or choose another --out")
+        student = load_source(args.student)
+        if student.compression is None:
+            raise CompressorError(f"{args.student} is not a directory written by compress; compress the model "
+                                  "first, then distill the output")
+        teacher = load_source(args.teacher or student.base_model)
+        data = load_data(args)
+        eval_data = None
+        if args.eval_data:
+            from compressor.data.loading import load_labelled
+
+            eval_data = load_labelled(args.eval_data, box_format=args.box_format).subset(args.eval_limit)
+        summary = Distiller(student, teacher, data, out, config, eval_data, progress=not args.quiet).run(args.resume)
+        print(json.dumps(summary, indent=2))
+        return 0

@@ -1,0 +1,43 @@
+"""Distillation losses: logits KL with temperature, hidden-feature MSE at matched layers, and MTKD for DETR.
+
+Each returns a scalar; the trainer weights and sums them. Hinton's T² factor keeps the KL gradient's scale
+independent of the temperature.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def logits_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(softmax(teacher / T) ‖ softmax(student / T)), averaged over every prediction (image or query)."""
+    classes = student.shape[-1]
+    student = F.log_softmax(student.reshape(-1, classes).float() / temperature, -1)
+    teacher = F.log_softmax(teacher.reshape(-1, classes).float() / temperature, -1)
+    return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature ** 2
+
+
+def matched_layers(student_count: int, teacher_count: int) -> list[tuple[int, int]]:
+    """(student, teacher) hidden-state indices: one to one when the depths agree, else spread evenly (first to first,
+    last to last), as in DistilBERT/TinyBERT-style layer mapping."""
+    if student_count == teacher_count:
+        return [(i, i) for i in range(student_count)]
+    if student_count == 1:
+        return [(0, teacher_count - 1)]
+    return [(i, round(i * (teacher_count - 1) / (student_count - 1))) for i in range(student_count)]
+
+
+def feature_mse(student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Mean squared error between matched hidden states of equal shape (layers of other shapes are skipped)."""
+    losses = [F.mse_loss(student_hidden[s].float(), teacher_hidden[t].float())
+              for s, t in matched_layers(len(student_hidden), len(teacher_hidden))
+              if student_hidden[s].shape == teacher_hidden[t].shape]
+    if not losses:
+        raise ValueError("no hidden states of matching shape to distil")
+    return torch.stack(losses).mean()
+
+
+def box_l2(student_boxes: torch.Tensor, teacher_boxes: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between the boxes two set-prediction heads give for the same queries (MTKD)."""
+    return (student_boxes.float() - teacher_boxes.float()).pow(2).sum(-1).mean()

@@ -1,0 +1,128 @@
+"""`evaluate`: a model's task metrics on labelled data, and its fidelity to a reference model, in one pass.
+
+Each batch of images goes through each model's own preprocessing (`adapter.prepare_inputs`: the image processor or
+timm's data config), so a compressed model and its original are compared on exactly what each would see in use.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import torch
+
+from compressor.data.loading import CLASSIFICATION, DETECTION, LabelledData
+from compressor.errors import CompressorError
+from compressor.evaluate.classification import TopKAccuracy, class_columns, model_label_names
+from compressor.evaluate.coco import category_ids, coco_box_ap, to_coco_results
+from compressor.evaluate.fidelity import FidelityMeter
+from compressor.sources import LoadedModel
+
+
+class _ClassificationScorer:
+    def __init__(self, loaded: LoadedModel, data: LabelledData):
+        self.loaded, self.data = loaded, data
+        self.accuracy = TopKAccuracy()
+        self.columns: torch.Tensor | None = None
+        self.checked = False
+
+    def update(self, outputs: Any, inputs: dict, start: int, stop: int, images: list) -> None:
+        adapter = self.loaded.adapter
+        head = getattr(adapter, "head_output", None)
+        if not self.checked and head is not None and head(outputs) is None:
+            raise CompressorError(f"{self.loaded.source} has no classification head (no logits); evaluate a "
+                                  "...ForImageClassification model, or pass --reference to measure fidelity only")
+        logits = adapter.primary_output(outputs, inputs)
+        if not self.checked:
+            self.columns = class_columns(model_label_names(self.loaded.model), logits.shape[-1],
+                                         self.data.label_names)
+            self.checked = True
+        if self.columns is not None:
+            logits = logits[:, self.columns]
+        self.accuracy.update(logits, torch.tensor(self.data.labels(start, stop)))
+
+    def result(self) -> dict[str, Any]:
+        return self.accuracy.result()
+
+
+class _DetectionScorer:
+    def __init__(self, loaded: LoadedModel, data: LabelledData):
+        self.loaded, self.data = loaded, data
+        self.mapping = category_ids(model_label_names(loaded.model), data.coco["categories"])
+        self.results: list[dict] = []
+
+    def update(self, outputs: Any, inputs: dict, start: int, stop: int, images: list) -> None:
+        sizes = [(image.height, image.width) for image in images]
+        for image_id, detection in zip(self.data.image_ids(start, stop),
+                                       self.loaded.adapter.detections(outputs, sizes)):
+            self.results += to_coco_results(image_id, detection, self.mapping)
+
+    def result(self) -> dict[str, Any]:
+        return coco_box_ap(self.data.coco, self.results)
+
+
+SCORERS = {CLASSIFICATION: _ClassificationScorer, DETECTION: _DetectionScorer}
+
+
+def _check_task(loaded: LoadedModel, data: LabelledData) -> None:
+    task = loaded.adapter.task
+    if data.task == DETECTION and task != DETECTION:
+        raise CompressorError(f"{data.spec} is detection data but {loaded.source} is a {task} model")
+    if data.task == CLASSIFICATION and task not in (CLASSIFICATION,):
+        raise CompressorError(f"{data.spec} is classification data but {loaded.source} is a {task} model")
+
+
+@torch.no_grad()
+def evaluate(loaded: LoadedModel, data: LabelledData, *, reference: LoadedModel | None = None,
+             batch_size: int = 32, progress: bool = True) -> dict[str, Any]:
+    """Task metrics (top-1/top-5, or COCO box AP) and, with a reference, fidelity to it; plus wall time."""
+    from tqdm.auto import tqdm
+
+    _check_task(loaded, data)
+    scorer = SCORERS[data.task](loaded, data)
+    fidelity = FidelityMeter() if reference is not None else None
+    models = [loaded] + ([reference] if reference is not None else [])
+    for item in models:
+        item.model.eval()
+    started = time.perf_counter()
+    with tqdm(total=len(data), unit="img", desc="evaluate", disable=not progress, file=sys.stderr) as bar:
+        for start in range(0, len(data), batch_size):
+            stop = min(start + batch_size, len(data))
+            images = data.images(start, stop)
+            inputs = loaded.adapter.prepare_inputs(images)
+            outputs = loaded.model(**inputs)
+            scorer.update(outputs, inputs, start, stop, images)
+            if fidelity is not None:
+                reference_inputs = reference.adapter.prepare_inputs(images)
+                reference_outputs = reference.model(**reference_inputs)
+                fidelity.update(data.task, loaded.adapter.primary_output(outputs, inputs),
+                                reference.adapter.primary_output(reference_outputs, reference_inputs),
+                                loaded.adapter.query_predictions(outputs),
+                                reference.adapter.query_predictions(reference_outputs))
+            bar.update(stop - start)
+    seconds = time.perf_counter() - started
+    return {
+        "model": loaded.source,
+        "data": data.spec,
+        "task": data.task,
+        "examples": len(data),
+        "metrics": scorer.result(),
+        "reference": reference.source if reference is not None else None,
+        "fidelity": fidelity.result() if fidelity is not None else None,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(len(data) / seconds, 2) if seconds > 0 else None,
+    }
+
+
+def format_evaluation(result: dict[str, Any]) -> str:
+    """The result as aligned `name  value` lines."""
+    lines = [("model", result["model"]), ("data", f"{result['data']} ({result['examples']} examples, "
+                                                  f"{result['task']})")]
+    lines += [(name, "n/a" if value is None else f"{value:.4f}") for name, value in result["metrics"].items()]
+    if result.get("fidelity"):
+        lines.append(("reference", result["reference"]))
+        lines += [(name, f"{value:.6g}") for name, value in result["fidelity"].items()]
+    lines.append(("time", f"{result['seconds']:.1f} s ({result['images_per_second']} images/s)"))
+    width = max(len(name) for name, _ in lines)
+    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in lines)
