@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from compressor.passes.act import ACTPass
+from compressor.passes.prune import PrunePass
 from compressor.passes.base import AUTO, COMMON_PARAMS, Param, Pass, PassContext, PassOutcome
 
-PASSES: dict[str, type[Pass]] = {cls.name: cls for cls in [ACTPass]}
+PASSES: dict[str, type[Pass]] = {cls.name: cls for cls in [ACTPass, PrunePass]}
 
 __all__ = ["AUTO", "COMMON_PARAMS", "PASSES", "Param", "Pass", "PassContext", "PassOutcome"]
