@@ -49,6 +49,23 @@ def test_ratio_zero_leaves_the_model_unchanged(fixture, request):
     assert result.recipe.to_dict()["compress_stage"]["prune"]["plan"] == {}
 
 
+@pytest.mark.parametrize("fixture", ["hf_vit_dir", "hf_resnet_dir", "timm_vit_dir", "timm_swin_dir"])
+def test_shared_width_pruning_reloads_with_identical_outputs(fixture, request, tmp_path):
+    """The residual width (class token, position embeddings, stage widths) is rebuilt from the plan on reload."""
+    result = _prune(request.getfixturevalue(fixture), "prune.hidden=true")
+    plan = result.recipe.to_dict()["compress_stage"]["prune"]["plan"]
+    assert any("normalized_shape" in widths or "num_features" in widths for widths in plan.values())
+    assert _reload_matches(result, tmp_path) <= 1e-5
+
+
+def test_global_ranking_gives_layers_different_widths_and_reloads(hf_swin_dir, tmp_path):
+    result = _prune(hf_swin_dir, "prune.global_ranking=true", "prune.ratio=0.4", "prune.attention=none")
+    widths = [block.mlp.fc1.out_features / block.mlp.fc1.in_features
+              for stage in result.model.swin.encoder.layers for block in stage.blocks]
+    assert len(set(widths)) > 1 and min(widths) < 4
+    assert _reload_matches(result, tmp_path) <= 1e-5
+
+
 def test_hf_swin_prunes_the_shared_width_below_half_and_reloads(hf_swin_dir, tmp_path):
     """Torch-Pruning #490: HF Swin at ratio 0.3 (patch merging's 4-way concatenation mapped correctly)."""
     result = _prune(hf_swin_dir, "prune.ratio=0.3", "prune.hidden=true")
