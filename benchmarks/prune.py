@@ -13,6 +13,7 @@
 No pretrained ViT-B, Swin or DETR checkpoint can be installed here: sections 1-3 measure cost and reload only.
 
     python benchmarks/prune.py [--sections vit-b swin-t detr vit-cifar10] [--per-class 200]
+    python benchmarks/prune.py --markdown     # the tables of docs/benchmarks.md, from the JSON
 """
 
 from __future__ import annotations
@@ -164,6 +165,55 @@ def vit_cifar10(workdir: Path, per_class: int) -> dict:
             "rows": rows}
 
 
+def _millions(value: float) -> str:
+    return f"{value / 1e6:.2f} M"
+
+
+def _giga(value: float) -> str:
+    return f"{value / 1e9:.2f} G"
+
+
+def markdown(results: dict) -> str:
+    """The tables of docs/benchmarks.md, from the JSON."""
+    lines = []
+    if "vit-b" in results:
+        anchor = results["vit-b"]["anchor_torch_pruning"]
+        lines += ["| ViT-B/16, 50% uniform | params before | params after | MACs before | MACs after | reload max abs diff |",
+                  "|---|---|---|---|---|---|",
+                  f"| Torch-Pruning (published) | {_millions(anchor['params_before'])} | "
+                  f"{_millions(anchor['params_after'])} | {_giga(anchor['macs_before'])} | {_giga(anchor['macs_after'])} | — |"]
+        for library in ("hf", "timm"):
+            entry = results["vit-b"][library]
+            lines.append(f"| compressor, {library} | {_millions(entry['params']['before'])} | "
+                         f"{_millions(entry['params']['after'])} | {_giga(entry['macs']['before'])} | "
+                         f"{_giga(entry['macs']['after'])} | {entry['reload_max_abs_diff']:.1e} |")
+        lines.append("")
+    others = [(name, label) for name, label in (("swin-t", "Swin-T, ratio 0.3, shared width"),
+                                                ("detr", "DETR-R50, encoder+decoder FFNs 50%")) if name in results]
+    if others:
+        lines += ["| model | params | MACs | latency (median of 3, shared CPU) | reload max abs diff | prune time |",
+                  "|---|---|---|---|---|---|"]
+        for name, label in others:
+            entry = results[name]
+            lines.append(f"| {label} | {_millions(entry['params']['before'])} → {_millions(entry['params']['after'])}"
+                         f" | {_giga(entry['macs']['before'])} → {_giga(entry['macs']['after'])} | "
+                         f"{entry['latency_ms']['before']:.0f} → {entry['latency_ms']['after']:.0f} ms | "
+                         f"{entry['reload_max_abs_diff']:.1e} | {entry['prune_seconds']:.0f} s |")
+        lines.append("")
+    if "vit-cifar10" in results:
+        rows = results["vit-cifar10"]["rows"]
+        base = rows[0]
+        lines += ["| importance | shared width | ratio | params | FLOPs | FLOPs/original | top-1 |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| (original) | — | 0 | {_millions(base['params'])} | {_giga(base['flops'])} | 1.000 | "
+                  f"{base['top1']:.4f} |"]
+        for row in rows[1:]:
+            lines.append(f"| {row['importance']} | {'pruned' if row['hidden'] else 'kept'} | {row['ratio']} | "
+                         f"{_millions(row['params'])} | {_giga(row['flops'])} | {row['flops'] / base['flops']:.3f} | "
+                         f"{row['top1']:.4f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", nargs="+", default=["vit-b", "swin-t", "detr", "vit-cifar10"],
@@ -172,7 +222,11 @@ def main() -> None:
     parser.add_argument("--latency-runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, help="where checkpoints and outputs go (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "prune.json")
+    parser.add_argument("--markdown", action="store_true", help="only print the tables of the JSON as Markdown")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.out.read_text())))
+        return
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="prune-bench-"))
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     sections = {"vit-b": lambda: vit_b(workdir, args.latency_runs), "swin-t": lambda: swin_t(workdir, args.latency_runs),
