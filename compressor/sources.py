@@ -2,7 +2,8 @@
 
 A source is a Hub id (`facebook/detr-resnet-50`; timm models as `timm/<name>` or `hf-hub:timm/<name>`), a local
 `save_pretrained` directory (transformers or timm layout), a directory written by `compress` (recognised by the
-`compression_config` entry of its config.json), or an `nn.Module` already in memory.
+`compression_config` entry of its config.json), a CIFAR ResNet checkpoint file of akamaster/pytorch_resnet_cifar10
+(`.th`, or its `.safetensors` conversion), or an `nn.Module` already in memory.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def load_source(source: str | os.PathLike | nn.Module, *, revision: str | None =
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise SourceError(f"{path} is a file; a model source is a directory with config.json or a Hub id")
+            return _load_checkpoint_file(path)
         return _load_directory(path, trust_remote_code=trust_remote_code)
     if text.startswith((".", "/", "~")) or not _HUB_ID.match(text) or text.count("/") > 1:
         raise SourceError(f"no such model directory: {path}; pass an existing directory or a Hub id like "
@@ -111,6 +112,20 @@ def _load_directory(path: Path, *, trust_remote_code: bool) -> LoadedModel:
     if _is_timm_config(config):
         return _load_timm(str(path))
     return _load_transformers(str(path), trust_remote_code=trust_remote_code)
+
+
+#: single-file checkpoints a source may be (their architecture is inferred from the weights)
+CHECKPOINT_SUFFIXES = (".th", ".pt", ".pth", ".safetensors")
+
+
+def _load_checkpoint_file(path: Path) -> LoadedModel:
+    if path.suffix not in CHECKPOINT_SUFFIXES:
+        raise SourceError(f"{path} is a file; a model source is a directory with config.json, a Hub id, or a CIFAR "
+                          f"ResNet checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
+    from compressor.architectures.cifar_resnet import cifar_image_processor, model_from_akamaster
+
+    model, processor = model_from_akamaster(path), cifar_image_processor()
+    return LoadedModel(model, adapter_for(model, processor), str(path), str(path))
 
 
 def _load_transformers(source: str, *, revision: str | None = None, token: str | bool | None = None,

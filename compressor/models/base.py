@@ -67,6 +67,8 @@ class BlockSite:
     attention: str | None = None
     ffn: str | None = None
     convs: tuple[str, ...] = ()
+    #: the normalisation after each of `convs`, same order (empty where an adapter does not list them)
+    norms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

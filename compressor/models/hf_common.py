@@ -371,9 +371,11 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
     read. The class is `config.architectures[0]` (AutoModel when transformers has no such class); weights must be
     safetensors; remote code runs only with `trust_remote_code=True`.
     """
-    import transformers
     from transformers import AutoConfig, AutoModel
 
+    from compressor.architectures import register_architectures
+
+    register_architectures()
     source = str(source)
     config_file, is_local = _resolve_config_file(source, revision=revision, token=token)
     try:
@@ -391,7 +393,7 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
     except (OSError, ValueError) as error:
         raise SourceError(f"the config of {source} cannot be read: {_first_line(error)}") from None
     _disable_backbone_download(config)
-    model_class = getattr(transformers, architecture, None) if architecture else None
+    model_class = _model_class(architecture)
     if model_class is None or not hasattr(model_class, "from_pretrained"):
         model_class = AutoModel
     try:
@@ -411,6 +413,16 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _model_class(architecture: str | None) -> type | None:
+    """The class a config.json `architectures` entry names: transformers' own, or one of the toolkit's
+    (`compressor.architectures`)."""
+    import transformers
+
+    from compressor.architectures import architecture_class
+
+    return getattr(transformers, architecture, None) or architecture_class(architecture) if architecture else None
+
+
 def _disable_backbone_download(config) -> None:
     """DETR-style configs may ask for an ImageNet backbone download; a checkpoint or a rebuild never needs it."""
     if hasattr(config, "use_pretrained_backbone"):
@@ -425,9 +437,11 @@ def build_hf_model(config_dict: dict) -> nn.Module:
 
     Used when reloading a compressed model: the passes rewrite this skeleton, then the saved weights are loaded.
     """
-    import transformers
     from transformers import AutoConfig, AutoModel
 
+    from compressor.architectures import register_architectures
+
+    register_architectures()
     config_dict = dict(config_dict)
     model_type = config_dict.pop("model_type", None)
     if model_type is None:
@@ -436,7 +450,7 @@ def build_hf_model(config_dict: dict) -> nn.Module:
     _adapter_class_for(model_type, architectures[0] if architectures else None, "the saved model")
     config = AutoConfig.for_model(model_type, **config_dict)
     _disable_backbone_download(config)
-    model_class = getattr(transformers, architectures[0], None) if architectures else None
+    model_class = _model_class(architectures[0] if architectures else None)
     if model_class is None or not hasattr(model_class, "_from_config"):
         return AutoModel.from_config(config).eval()
     return model_class._from_config(config).eval()
