@@ -197,3 +197,15 @@ def test_plan_for_another_architecture_is_refused_on_reload(hf_vit_dir, tmp_path
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.raises(SourceError, match="no_such_width"):
         load_source(out)
+
+
+def test_widths_coupled_through_a_padded_shortcut_are_listed_and_kept(resnet20_checkpoint, tmp_path):
+    """The real CIFAR ResNet-20: its option-A shortcut zero-pads channels at an offset, which the trace maps as the
+    identity. Those stage widths are reported and left alone; the blocks' inner channels are still pruned."""
+    result = _prune(resnet20_checkpoint, "prune.hidden=true")
+    untraced = result.report["passes"][0]["statistics"]["untraced"]
+    assert "conv1" in untraced and "layer3.2.conv2" in untraced
+    model = result.model
+    assert model.conv1.out_channels == 16 and model.layer3[2].conv2.out_channels == 64
+    assert model.layer1[0].conv1.out_channels == int(16 * 0.7)
+    assert _reload_matches(result, tmp_path) <= 1e-5

@@ -49,7 +49,8 @@ class HeadLayout:
 
 @dataclass
 class PruneResult:
-    """What a pruning run did beyond the widths: layers the trace never reached, heads per attention module."""
+    """What a pruning run did beyond the widths: layers left alone because the trace could not follow them
+    (never reached, or coupled through an operation it cannot map), heads per attention module."""
 
     untraced: list[str]
     heads: dict[str, int]
@@ -101,7 +102,7 @@ def _out_modules(graph, group) -> list[nn.Module]:
 
 def blocked_roots(graph, names: dict[nn.Module, str], targets: list[str], *, hidden: bool,
                   attention_projections: set[nn.Module], ffn_inputs: set[nn.Module], prune_attention: bool,
-                  prune_ffn: bool) -> list[nn.Module]:
+                  prune_ffn: bool) -> tuple[list[nn.Module], list[str]]:
     """Root layers to hand Torch-Pruning as ignored, so that only the groups the recipe allows are pruned.
 
     A group is internal when every layer it touches (outputs or inputs) lies in one targeted module; any other
@@ -109,8 +110,13 @@ def blocked_roots(graph, names: dict[nn.Module, str], targets: list[str], *, hid
 
     Torch-Pruning skips a group when any layer whose outputs it removes is ignored, so ignoring every output
     layer of a disallowed group vetoes exactly that group.
+
+    A group whose output layers have different widths was joined through an operation the trace maps as the
+    identity although it is not (the zero-padded shortcut of CIFAR ResNets adds channels at an offset): it is
+    never pruned, and its output layers are returned by name as unmapped, for the report.
     """
     blocked: list[nn.Module] = []
+    unmapped: list[str] = []
     for group in graph.get_all_groups(root_module_types=ROOT_TYPES):
         outputs = [module for module in _out_modules(graph, group) if module in names]  # not traced ops
         members = [dep.target.module for dep, _ in group if dep.target.module in names]
@@ -121,9 +127,12 @@ def blocked_roots(graph, names: dict[nn.Module, str], targets: list[str], *, hid
             allowed = False
         if any(module in ffn_inputs for module in outputs) and not prune_ffn:
             allowed = False
+        if allowed and len({graph.get_out_channels(module) for module in outputs}) > 1:
+            allowed = False
+            unmapped += [names[module] for module in outputs if isinstance(module, ROOT_TYPES)]
         if not allowed:
             blocked += [module for module in outputs if isinstance(module, ROOT_TYPES)]
-    return blocked
+    return blocked, sorted(set(unmapped))
 
 
 def head_ratios(layouts: list[HeadLayout], ratio: float) -> dict[nn.Module, float]:
@@ -226,7 +235,7 @@ def _prune(adapter: ModelAdapter, targets: list[str], params: dict[str, Any], ex
     untraced = sorted(name for module, name in names.items()
                       if isinstance(module, ROOT_TYPES) and site_of(name, targets) is not None
                       and module not in graph.module2node)
-    blocked = blocked_roots(graph, names, targets, hidden=params["hidden"],
+    blocked, unmapped = blocked_roots(graph, names, targets, hidden=params["hidden"],
                             attention_projections=attention_projections, ffn_inputs=ffn_inputs,
                             prune_attention=params["attention"] != "none", prune_ffn=params["ffn"])
     whole_heads = params["attention"] == "heads"
@@ -257,4 +266,4 @@ def _prune(adapter: ModelAdapter, targets: list[str], params: dict[str, Any], ex
         slice_per_head(layout, removed_heads(layout, pruned_queries.get(id(layout.query), [])))
         set_head_attributes(adapter.module(layout.site.name), new_heads, width // new_heads)
         heads[layout.site.name], head_dims[layout.site.name] = new_heads, width // new_heads
-    return PruneResult(untraced=untraced, heads=heads, head_dims=head_dims)
+    return PruneResult(untraced=sorted(set(untraced + unmapped)), heads=heads, head_dims=head_dims)
