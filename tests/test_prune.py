@@ -219,3 +219,17 @@ def test_prune_then_act_in_one_recipe_rebuilds_both_on_reload(hf_vit_dir, tmp_pa
     kernels = [m for m in result.model.modules() if type(m).__name__ == "ACTKernel"]
     assert len(kernels) == 2 and all(layer.attention.num_attention_heads == 2 for layer in result.model.vit.layers)
     assert _reload_matches(result, tmp_path) <= 1e-5
+
+
+@pytest.mark.parametrize("setting, message", [("prune.importance=taylor", "--calib"),
+                                              ("prune.ratio=1.5", "prune.ratio"),
+                                              ("prune.attention=rows", "one of head_dim, heads, none")])
+def test_bad_prune_settings_are_one_line_exit_2_and_write_nothing(hf_vit_dir, tmp_path, capsys, setting, message):
+    from compressor.cli import main
+
+    out = tmp_path / "out"
+    assert main(["compress", str(hf_vit_dir), "--recipe", "prune", "--set", setting, "--out", str(out),
+                 "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1 and "Traceback" not in error
+    assert not out.exists()
