@@ -233,3 +233,9 @@ def test_bad_prune_settings_are_one_line_exit_2_and_write_nothing(hf_vit_dir, tm
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1 and "Traceback" not in error
     assert not out.exists()
+
+
+def test_prune_after_act_is_refused_with_the_order_to_use(hf_vit_dir):
+    recipe = compressor.Recipe.from_yaml("compress_stage:\n  act: {rounds: 8}\n  prune: {ratio: 0.3}\n")
+    with pytest.raises(RecipeError, match="put prune first"):
+        compressor.compress(hf_vit_dir, recipe, progress=False, latency_runs=1)

@@ -73,6 +73,10 @@ class PrunePass(Pass):
         if params["ratio"] == 0:
             self.result = PruneResult(untraced=[], heads={}, head_dims={})
             return {}
+        kernels = [name for name, _ in adapter.model.named_modules() if name.endswith(".attention_kernel")]
+        if kernels:
+            raise RecipeError(f"prune must run before the pass that installed {kernels[0]} (e.g. act): attention "
+                              f"kernels are sized for the unpruned heads; put prune first in the recipe")
         model = adapter.model
         example = adapter.example_inputs(batch_size=1, seed=context.seed)
         reference = self._output_shape(adapter, example)
