@@ -239,3 +239,10 @@ def test_prune_after_act_is_refused_with_the_order_to_use(hf_vit_dir):
     recipe = compressor.Recipe.from_yaml("compress_stage:\n  act: {rounds: 8}\n  prune: {ratio: 0.3}\n")
     with pytest.raises(RecipeError, match="put prune first"):
         compressor.compress(hf_vit_dir, recipe, progress=False, latency_runs=1)
+
+
+def test_a_group_torch_pruning_cannot_prune_is_one_clear_error(minilm_dir):
+    """The real all-MiniLM-L6-v2 (a bare BertModel): its shared width ends in reshapes Torch-Pruning's bookkeeping
+    fails on. One line with the fix, not a traceback from inside Torch-Pruning."""
+    with pytest.raises(CompressorError, match="prune.hidden=false"):
+        _prune(minilm_dir, "prune.hidden=true")

@@ -256,7 +256,13 @@ def _prune(adapter: ModelAdapter, targets: list[str], params: dict[str, Any], ex
         for dep, indices in group:
             if id(dep.target.module) in queries and pruner.DG.is_out_channel_pruning_fn(dep.handler):
                 pruned_queries.setdefault(id(dep.target.module), []).extend(int(i) for i in indices)
-        group.prune()
+        try:
+            group.prune()
+        except Exception as error:  # Torch-Pruning's own bookkeeping of an operation it cannot prune
+            root = names.get(group[0].dep.target.module, type(group[0].dep.target.module).__name__)
+            hint = "set prune.hidden=false" if params["hidden"] else f"exclude {root} with prune.ignore"
+            raise CompressorError(f"prune: Torch-Pruning cannot prune the channels of {root} in this "
+                                  f"{adapter.display_name} model ({type(error).__name__}); {hint}") from None
     model.zero_grad(set_to_none=True)
 
     heads, head_dims = {}, {}
