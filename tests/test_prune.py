@@ -246,3 +246,27 @@ def test_a_group_torch_pruning_cannot_prune_is_one_clear_error(minilm_dir):
     fails on. One line with the fix, not a traceback from inside Torch-Pruning."""
     with pytest.raises(CompressorError, match="prune.hidden=false"):
         _prune(minilm_dir, "prune.hidden=true")
+
+
+def test_uniform_pruning_equals_torch_pruning_used_as_its_hf_vit_example_does(hf_vit_dir):
+    """Same model, same settings as Torch-Pruning's examples/transformers/prune_hf_vit.py: identical outputs, so
+    the pass adds bookkeeping and reload, not a different pruning."""
+    import torch_pruning as tp
+
+    reference = load_source(hf_vit_dir).model
+    num_heads = {}
+    for layer in reference.vit.layers:
+        attention = layer.attention
+        num_heads.update({p: attention.num_attention_heads for p in (attention.q_proj, attention.k_proj,
+                                                                      attention.v_proj)})
+    example = {"pixel_values": torch.randn(1, 3, 32, 32)}
+    pruner = tp.pruner.MetaPruner(reference, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                  pruning_ratio=0.3, ignored_layers=[reference.classifier], num_heads=num_heads,
+                                  output_transform=lambda out: out.logits.sum())
+    pruner.step()
+    for layer in reference.vit.layers:
+        layer.attention.head_dim = layer.attention.q_proj.out_features // pruner.num_heads[layer.attention.q_proj]
+    result = _prune(hf_vit_dir, "prune.ratio=0.3", "prune.hidden=true")
+    inputs = result.loaded.adapter.example_inputs(batch_size=2, seed=5)
+    with torch.no_grad():
+        assert (reference(**inputs).logits - result.model(**inputs).logits).abs().max().item() <= 1e-6
