@@ -6,9 +6,9 @@ a class token...). This module decides which of those groups the recipe allows, 
 importance, and then fixes what the graph cannot know: the head counts and head sizes attention modules reshape
 with, and per-head parameters (Swin's relative position bias tables) that must lose the columns of removed heads.
 
-A group may shrink when every layer whose outputs it removes lies in one targeted module (an FFN's hidden width,
-an attention's heads, a bottleneck's inner channels), or, with `hidden: true`, when it also carries the width
-shared between blocks (the residual stream, Torch-Pruning's "uniform" setting) and touches a targeted module.
+A group may shrink when every layer it touches lies in one targeted module (an FFN's hidden width, an attention's
+heads, a bottleneck's inner channels), or, with `hidden: true`, when it carries the width shared between blocks
+(the residual stream, Torch-Pruning's "uniform" setting) and removes outputs of a layer in a targeted module.
 """
 
 from __future__ import annotations
@@ -218,15 +218,16 @@ def _prune(adapter: ModelAdapter, targets: list[str], params: dict[str, Any], ex
     layouts = head_layouts(adapter, targets)
     attention_projections = {p for layout in layouts for p in layout.projections}
     ffn_inputs = {adapter.module(site.fc1) for site in adapter.ffn_sites() if site_of(site.name, targets)}
-    per_head_params = [parameter for layout in layouts for parameter in layout.loose]
+    loose_params = [parameter for layout in layouts for parameter in layout.loose]
 
     def output_transform(outputs):
         return adapter.primary_output(outputs, example).sum()
 
+    # traced twice: this graph decides which groups to veto, the pruner below traces again with the veto list
     custom = customized_pruners()
     try:
         graph = _quiet_build(lambda: tp.DependencyGraph().build_dependency(
-            model, example_inputs=example, output_transform=output_transform, ignored_params=per_head_params,
+            model, example_inputs=example, output_transform=output_transform, ignored_params=loose_params,
             customized_pruners=custom, verbose=False))
     except Exception as error:  # the trace runs the model's forward: any failure there is the model's
         raise CompressorError(f"prune: Torch-Pruning cannot trace this {adapter.display_name} model "
@@ -236,14 +237,14 @@ def _prune(adapter: ModelAdapter, targets: list[str], params: dict[str, Any], ex
                       if isinstance(module, ROOT_TYPES) and site_of(name, targets) is not None
                       and module not in graph.module2node)
     blocked, unmapped = blocked_roots(graph, names, targets, hidden=params["hidden"],
-                            attention_projections=attention_projections, ffn_inputs=ffn_inputs,
-                            prune_attention=params["attention"] != "none", prune_ffn=params["ffn"])
+                                      attention_projections=attention_projections, ffn_inputs=ffn_inputs,
+                                      prune_attention=params["attention"] != "none", prune_ffn=params["ffn"])
     whole_heads = params["attention"] == "heads"
     num_heads = {projection: layout.site.num_heads for layout in layouts for projection in layout.projections}
     importance = importance_criterion(params["importance"])
     pruner = _quiet_build(lambda: tp.pruner.BasePruner(
         model, example, importance=importance, pruning_ratio=float(params["ratio"]),
-        global_pruning=params["global_ranking"], max_pruning_ratio=0.95, ignored_layers=blocked + per_head_params,
+        global_pruning=params["global_ranking"], max_pruning_ratio=0.95, ignored_layers=blocked + loose_params,
         round_to=params["round_to"], num_heads=dict(num_heads), prune_num_heads=whole_heads,
         prune_head_dims=not whole_heads, head_pruning_ratio=float(params["ratio"]) if whole_heads else 0.0,
         head_pruning_ratio_dict=head_ratios(layouts, float(params["ratio"])) if whole_heads else None,
