@@ -248,6 +248,7 @@ def test_a_group_torch_pruning_cannot_prune_is_one_clear_error(minilm_dir):
         _prune(minilm_dir, "prune.hidden=true")
 
 
+@pytest.mark.filterwarnings("ignore:Unwrapped parameters detected")
 def test_uniform_pruning_equals_torch_pruning_used_as_its_hf_vit_example_does(hf_vit_dir):
     """Same model, same settings as Torch-Pruning's examples/transformers/prune_hf_vit.py: identical outputs, so
     the pass adds bookkeeping and reload, not a different pruning."""
