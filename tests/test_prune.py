@@ -117,6 +117,7 @@ def test_the_least_important_heads_and_units_are_the_ones_removed(hf_vit_dir, tm
     result = _prune(original.model, "prune.attention=heads", "prune.ratio=0.5")
     assert [layer.attention.num_attention_heads for layer in result.model.vit.layers] == [2, 2]
     assert [layer.mlp.fc1.out_features for layer in result.model.vit.layers] == [32, 32]
+    assert result.report["passes"][0]["summary"]["FFN width per layer"] == "32 32"
     assert (reference - _outputs(result.loaded, result.model)).abs().max().item() <= 1e-5
 
 

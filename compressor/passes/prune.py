@@ -107,9 +107,12 @@ class PrunePass(Pass):
 
     def statistics(self, adapter: ModelAdapter, sites: list[ModuleSite]) -> dict[str, Any]:
         result = self.result or PruneResult(untraced=[], heads={}, head_dims={})
+        ffn_width = {site.name: adapter.module(site.fc1).out_features for site in adapter.ffn_sites()}
         summary = {"untraced layers": len(result.untraced)}
         if result.heads:
             summary["heads per layer"] = " ".join(str(h) for h in result.heads.values())
             summary["head dim per layer"] = " ".join(str(d) for d in result.head_dims.values())
-        return {"heads": result.heads, "head_dim": result.head_dims, "untraced": result.untraced,
-                "summary": summary}
+        if ffn_width:
+            summary["FFN width per layer"] = " ".join(str(w) for w in ffn_width.values())
+        return {"heads": result.heads, "head_dim": result.head_dims, "ffn_width": ffn_width,
+                "untraced": result.untraced, "summary": summary}
