@@ -12,7 +12,7 @@
 
 No pretrained ViT-B, Swin or DETR checkpoint can be installed here: sections 1-3 measure cost and reload only.
 
-    python benchmarks/prune.py [--sections vit-b swin-t detr vit-cifar10] [--per-class 200]
+    python benchmarks/prune.py [--sections vit-b swin-t detr vit-cifar10] [--per-class 200]   # 1000 = all of test
     python benchmarks/prune.py --markdown     # the tables of docs/benchmarks.md, from the JSON
 """
 
