@@ -16,7 +16,7 @@ import yaml
 _COST_ROWS = (("params", "parameters", "M", 1e-6), ("flops", "FLOPs", "G", 1e-9), ("latency_ms", "latency", "ms", 1))
 
 
-def _front_matter(text: str) -> dict[str, Any]:
+def front_matter(text: str) -> dict[str, Any]:
     """The YAML metadata block at the top of a model card, or {} when there is none or it is not valid."""
     if not text.startswith("---"):
         return {}
@@ -29,17 +29,20 @@ def _front_matter(text: str) -> dict[str, Any]:
 
 
 def _base_card(loaded) -> dict[str, Any]:
-    """The metadata of the base model's own card: beside a local model, or from the Hub (cache first)."""
+    """The metadata of the base model's own card: beside a local model, or from the Hub (cache first); nothing
+    when the card is re-rendered without the model (`loaded` None, e.g. after `evaluate`)."""
+    if loaded is None:
+        return {}
     if loaded.directory is not None:
         card = Path(loaded.directory) / "README.md"
-        return _front_matter(card.read_text(encoding="utf-8", errors="replace")) if card.is_file() else {}
+        return front_matter(card.read_text(encoding="utf-8", errors="replace")) if card.is_file() else {}
     repo_id = _hub_id(loaded.base_model)
     if repo_id is None:
         return {}
     try:
         from huggingface_hub import hf_hub_download
 
-        return _front_matter(Path(hf_hub_download(repo_id, "README.md")).read_text(encoding="utf-8"))
+        return front_matter(Path(hf_hub_download(repo_id, "README.md")).read_text(encoding="utf-8"))
     except Exception:  # no card, offline, not a Hub id: the card then simply has no license line
         return {}
 
@@ -62,7 +65,7 @@ def card_metadata(result, config: dict[str, Any]) -> dict[str, Any]:
     meta["tags"] = ["compressor", "model-compression", report["family"]] + [entry["name"] for entry in
                                                                             report["passes"]]
     meta["pipeline_tag"] = report["task"]
-    base_card = _base_card(result.loaded)
+    base_card = _base_card(getattr(result, "loaded", None))
     license_name = (config.get("license") or (config.get("pretrained_cfg") or {}).get("license")
                     or base_card.get("license"))
     if license_name:
@@ -149,6 +152,14 @@ distill`: {summary['steps']} steps of batch {config['batch_size']}, lr {config['
 """
 
 
+def _library(result, config: dict[str, Any]) -> str:
+    """transformers or timm: from the model when there is one, else from the saved config's compression record."""
+    loaded = getattr(result, "loaded", None)
+    if loaded is not None:
+        return loaded.adapter.library
+    return (config.get("compression_config") or {}).get("library", "transformers")
+
+
 def render_model_card(result, config: dict[str, Any], load_as: str = "path/to/this-directory") -> str:
     """The card; `load_as` is what the load snippet names (the directory, or the Hub repository when pushed)."""
     report = result.report
@@ -187,7 +198,7 @@ model = compressor.load("{load_as}")
 
 `compressor.load` downloads the repository (`snapshot_download`), builds the base architecture from `config.json`,
 replays the resolved recipe below and loads `model.safetensors` strictly: the outputs equal those of the model right
-after compression. {_plain_library_note(result.loaded.adapter.library, passes)}
+after compression. {_plain_library_note(_library(result, config), passes)}
 
 ## Recipe
 

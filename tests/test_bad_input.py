@@ -190,7 +190,7 @@ CASES = {
     # data
     "unreadable calibration data": (lambda w, f: _compress(f["vit"], "--recipe", "act-calibrated", "--calib",
                                                            _calib_file(w, "calib.parquet", b"PAR1 garbage")),
-                                    "cannot read calibration data"),
+                                    "cannot read data"),
     "missing calibration data": (lambda w, f: _compress(f["vit"], "--recipe", "act-calibrated",
                                                         "--calib", "./nothing.parquet"), "does not exist"),
     "calibration folder without images": (lambda w, f: _compress(f["vit"], "--recipe", "act-calibrated",

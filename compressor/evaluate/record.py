@@ -21,7 +21,7 @@ def _key(entry: dict[str, Any]) -> tuple:
 
 def record_evaluation(directory: str | os.PathLike, result: dict[str, Any]) -> Path:
     """Add `result` (from `evaluate`) to `directory`'s report.json and re-render its README.md; returns the card."""
-    from compressor.model_card import render_model_card
+    from compressor.model_card import front_matter, render_model_card
     from compressor.recipe import Recipe
     from compressor.serialization import RECIPE, REPORT
     from compressor.sources import read_config
@@ -30,8 +30,12 @@ def record_evaluation(directory: str | os.PathLike, result: dict[str, Any]) -> P
     report = json.loads((directory / REPORT).read_text())
     entry = {key: result[key] for key in ("data", "examples", "task", "metrics", "reference", "fidelity")}
     report["evaluation"] = [e for e in report.get("evaluation", []) if _key(e) != _key(entry)] + [entry]
-    card = render_model_card(SimpleNamespace(report=report, recipe=Recipe.load(str(directory / RECIPE))),
-                             read_config(directory))
+    config = read_config(directory)
+    previous = front_matter((directory / "README.md").read_text(encoding="utf-8", errors="replace")) \
+        if (directory / "README.md").is_file() else {}
+    if previous.get("license") and "license" not in config:  # keep the licence the first card found
+        config = {**config, "license": previous["license"]}
+    card = render_model_card(SimpleNamespace(report=report, recipe=Recipe.load(str(directory / RECIPE))), config)
     write_text_atomically(directory / REPORT, json.dumps(report, indent=2) + "\n")
     write_text_atomically(directory / "README.md", card)
     return directory / "README.md"
