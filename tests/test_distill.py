@@ -149,3 +149,18 @@ def test_distill_needs_a_compressed_student(resnet20_checkpoint, cifar10_train_p
                  str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "not a directory written by compress" in err and err.count("\n") == 1
+
+
+def test_distill_push_to_publishes_the_best_student(vit_student, cifar10_train_parquet, writable_hub, tmp_path,
+                                                    capsys):
+    status = main(["distill", str(vit_student), "--data", str(cifar10_train_parquet), "--limit", "16",
+                   "--batch-size", "8", "--steps", "1", "--out", str(tmp_path / "run"), "--quiet",
+                   "--push-to", "my-org/vit-act-distilled"])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    files = writable_hub.files("my-org/vit-act-distilled")
+    best = tmp_path / "run" / "best"
+    assert files["model.safetensors"] == (best / "model.safetensors").read_bytes()
+    assert "## Distillation" in files["README.md"].decode()
+    assert json.loads(captured.out)["steps"] == 1  # stdout stays the JSON summary; the "pushed" line is on stderr
+    assert "pushed" in captured.err

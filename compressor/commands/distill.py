@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import fields
 
 from compressor.commands.base import Command, add_data_arguments, check_positive, load_data
+from compressor.commands.push import add_push_to_arguments, check_push_to, push_if_asked
 from compressor.errors import CompressorError
 
 
@@ -36,6 +38,7 @@ class DistillCommand(Command):
             parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=default,
                                 help=f"default {default}")
         parser.add_argument("--quiet", action="store_true")
+        add_push_to_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from pathlib import Path
@@ -49,6 +52,7 @@ class DistillCommand(Command):
                        eval_every=config.eval_every)
         if config.temperature <= 0 or config.lr <= 0:
             raise CompressorError("--temperature and --lr must be positive")
+        check_push_to(args)
         out = Path(args.out)
         if out.exists() and not args.resume and any(out.iterdir()):
             raise CompressorError(f"{out} is not empty; pass --resume to continue that run or choose another --out")
@@ -64,5 +68,7 @@ class DistillCommand(Command):
 
             eval_data = load_labelled(args.eval_data, box_format=args.box_format).subset(args.eval_limit)
         summary = Distiller(student, teacher, data, out, config, eval_data, progress=not args.quiet).run(args.resume)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun / accelerate launch, one process publishes
+            push_if_asked(args, out / "best", stdout_is_data=True)
         print(json.dumps(summary, indent=2))
         return 0

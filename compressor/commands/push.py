@@ -35,7 +35,8 @@ def check_push_to(args: argparse.Namespace) -> None:
         resolve_token()
 
 
-def push_if_asked(args: argparse.Namespace, out: Path) -> None:
+def push_if_asked(args: argparse.Namespace, out: Path, stdout_is_data: bool = False) -> None:
+    """Publish `out` when --push-to was given; the "pushed" line goes to stderr when stdout carries data (JSON)."""
     if args.push_to:
         from compressor.errors import PublishError
         from compressor.hub import push_to_hub
@@ -46,7 +47,8 @@ def push_if_asked(args: argparse.Namespace, out: Path) -> None:
         except PublishError as error:
             raise PublishError(f"wrote {out}/ but did not publish it: {error}; retry with `cli.py push {out} "
                                f"--repo-id {args.push_to}`") from None
-        print(f"pushed {out}/ to {url}", file=sys.stderr if getattr(args, "json", False) else sys.stdout)
+        print(f"pushed {out}/ to {url}", file=sys.stderr if stdout_is_data or getattr(args, "json", False)
+              else sys.stdout)
 
 
 class PushCommand(Command):
