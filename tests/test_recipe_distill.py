@@ -101,3 +101,10 @@ def test_the_python_api_saves_what_it_did_not_a_distill_step_it_skipped(resnet20
     assert result.recipe.distill() is not None  # the intent is kept in memory
     saved = compressor.save(result, tmp_path / "api")
     assert Recipe.load(str(saved / "recipe.yaml")).distill() is None
+
+
+def test_the_python_api_runs_the_distill_step_like_the_cli(resnet20, cifar10_train_parquet, tmp_path):
+    result = compressor.compress(str(resnet20), Recipe.from_yaml(RECIPE), progress=False, latency_runs=1)
+    out = compressor.distill_and_save(result, tmp_path / "api", data=str(cifar10_train_parquet), progress=False)
+    assert json.loads((out / "report.json").read_text())["distillation"]["steps"] == 3
+    assert Recipe.load(str(out / "recipe.yaml")).distill().params["data"] == str(cifar10_train_parquet)

@@ -92,3 +92,17 @@ def run_distill_step(result, out: Path, *, progress: bool = True, overwrite: boo
     shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
     shutil.rmtree(work / "best", ignore_errors=True)
     return summary
+
+
+def distill_and_save(result, out, *, data: str | None = None, eval_data: str | None = None,
+                     overwrite: bool = False, progress: bool = True) -> Path:
+    """The Python API's `distill` step: train a `compressor.compress` result whose recipe ends with `distill`, then
+    write the best student to `out` (what `cli.py compress` does after the passes)."""
+    out = Path(out)
+    if result.recipe.distill() is None:
+        raise CompressorError(f"{result.recipe.source} has no {DISTILL} step; add a distill_stage to the recipe, or "
+                              "save the result with compressor.save")
+    result.recipe = resolve_distill_step(result.recipe, out, data=data, eval_data=eval_data, skip=False,
+                                         overwrite=overwrite)
+    result.report["distillation"] = run_distill_step(result, out, progress=progress, overwrite=overwrite)
+    return out
