@@ -109,7 +109,7 @@ def _cli(*args, launcher=(sys.executable,)):
 
 def test_two_cpu_processes_match_one_with_the_same_global_batch(vit_student, cifar10_train_parquet, tmp_path):
     args = ["distill", str(vit_student), "--data", str(cifar10_train_parquet), "--limit", "32", "--batch-size", "8",
-            "--steps", "3", "--lr", "0.001", "--quiet"]
+            "--steps", "3", "--lr", "0.001", "--log-every", "1", "--quiet"]
     one = _cli(*args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
     torchrun = Path(sys.executable).parent / "torchrun"
@@ -120,6 +120,8 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(vit_student, cif
     original = load_file(str(vit_student / "model.safetensors"))
     for key in weights_one:
         assert torch.allclose(weights_one[key], weights_two[key], atol=1e-5), key
+    steps = [json.loads(line)["step"] for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # written once by the main process: not two lone processes on the whole batch
     assert any(not torch.equal(weights_one[k], original[k]) for k in original)
 
 

@@ -65,7 +65,8 @@ class _DetectionScorer:
 SCORERS = {CLASSIFICATION: _ClassificationScorer, DETECTION: _DetectionScorer}
 
 
-def _check_modality(loaded: LoadedModel, data: LabelledData) -> None:
+def check_modality(loaded: LoadedModel, data: LabelledData) -> None:
+    """Text data for text models, images for the rest: one clear line otherwise."""
     text_model = loaded.adapter.token_layout().text
     if data.text_column is not None and not text_model:
         raise CompressorError(f"{data.spec} holds text but {loaded.source} takes images; pass image data")
@@ -106,7 +107,7 @@ def evaluate(loaded: LoadedModel, data: LabelledData, *, reference: LoadedModel 
     from tqdm.auto import tqdm
 
     for item in [loaded] + ([reference] if reference is not None else []):
-        _check_modality(item, data)
+        check_modality(item, data)
         item.model.eval()
     scorer = task_scorer(loaded, data, reference)
     fidelity = FidelityMeter() if reference is not None else None
