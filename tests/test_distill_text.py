@@ -87,8 +87,8 @@ def test_tied_minilm_learns_its_originals_embedding_and_keeps_the_best_by_cosine
     assert again["fidelity"]["cosine"] == pytest.approx(summary["best"], abs=1e-5)
 
 
-def test_text_distillation_resumed_after_a_kill_ends_where_an_uninterrupted_run_does(tied_minilm_dir, short_texts, tmp_path,
-                                                                       monkeypatch):
+def test_text_distillation_resumed_after_a_kill_ends_where_an_uninterrupted_run_does(
+        tied_minilm_dir, short_texts, tmp_path, monkeypatch):
     texts, _ = short_texts
     _run(tied_minilm_dir, texts, tmp_path / "a", batch_size=4)
 
