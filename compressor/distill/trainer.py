@@ -19,7 +19,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,7 +28,8 @@ import torch
 
 from compressor.data.loading import CLASSIFICATION, DETECTION, UNLABELLED, LabelledData
 from compressor.distill.data import Collate, Examples
-from compressor.distill.losses import EMBEDDING_LOSSES, box_l2, embedding_distance, feature_mse, logits_kl
+from compressor.distill.losses import box_l2, embedding_distance, feature_mse, logits_kl
+from compressor.distill.settings import DistillConfig
 from compressor.errors import CompressorError
 from compressor.models.base import AttentionKernel
 from compressor.sources import LoadedModel
@@ -36,35 +37,6 @@ from compressor.sources import LoadedModel
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 KEEP_CHECKPOINTS = 2
-
-
-@dataclass
-class DistillConfig:
-    """Everything that decides a run's result (written into the summary and the model card)."""
-
-    steps: int | None = None  # total optimizer steps; default: epochs × batches per epoch
-    epochs: float = 1.0
-    batch_size: int = 64  # global, split across processes
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    temperature: float = 2.0
-    kd_weight: float = 1.0  # the output-matching loss: logits KL, or for a model without logits its embedding's
-    embedding_loss: str = field(default="cosine", metadata={"choices": EMBEDDING_LOSSES})
-    task_weight: float = 1.0
-    feature_weight: float = 0.0
-    box_weight: float = 1.0  # MTKD: L2 between the ACT path's boxes and the original path's
-    seed: int = 0
-    checkpoint_every: int = 200
-    log_every: int = 10
-    eval_every: int | None = None
-
-    def __post_init__(self):
-        for item in fields(self):
-            choices = item.metadata.get("choices")
-            if choices and getattr(self, item.name) not in choices:
-                raise CompressorError(f"{item.name} {getattr(self, item.name)!r}: expected one of "
-                                      f"{', '.join(choices)}")
 
 
 def on_step_end(step: int) -> None:
@@ -113,14 +85,14 @@ class LossComputer:
         if self.task == DETECTION:
             outputs = model(**inputs, labels=targets, **hidden)
             student_logits, teacher_logits = outputs.logits, teacher_outputs.logits
-            parts["task"] = outputs.loss
+            parts["task"] = outputs.loss * config.task_weight
             if config.box_weight > 0:  # MTKD: the original (exact attention) path, trained together
                 _set_kernels(model, False)
                 try:
                     original = model(**inputs, labels=targets)
                 finally:
                     _set_kernels(model, True)
-                parts["task_original"] = original.loss
+                parts["task_original"] = original.loss * config.task_weight
                 parts["box_l2"] = box_l2(outputs.pred_boxes, original.pred_boxes) * config.box_weight
         else:
             outputs = model(**inputs, **hidden)
@@ -179,7 +151,9 @@ class Distiller:
     """One distillation run; `run()` trains, checkpoints, evaluates and saves the best student."""
 
     def __init__(self, student: LoadedModel, teacher: LoadedModel, data: LabelledData, out: Path,
-                 config: DistillConfig, eval_data: LabelledData | None = None, progress: bool = True):
+                 config: DistillConfig, eval_data: LabelledData | None = None, progress: bool = True,
+                 recipe=None):
+        """`recipe`: what `best/` records as its recipe (default: the student's own, from its directory)."""
         if student.compression is None or student.directory is None:
             raise CompressorError(f"{student.source} is not a directory written by compress; distill a compressed "
                                   "model (the best student is saved in the same format)")
@@ -188,7 +162,7 @@ class Distiller:
         for item in (data, eval_data) if eval_data is not None else (data,):
             check_modality(student, item)
         self.student, self.teacher, self.data, self.out = student, teacher, data, Path(out)
-        self.config, self.eval_data, self.progress = config, eval_data, progress
+        self.config, self.eval_data, self.progress, self.recipe = config, eval_data, progress, recipe
 
     # --- bookkeeping ---------------------------------------------------------------------------------------------
     def _log(self, accelerator, record: dict) -> None:
@@ -228,7 +202,8 @@ class Distiller:
         report["distillation"] = summary
         loaded = LoadedModel(model, self.student.adapter, self.student.source, self.student.base_model,
                              self.student.compression, directory)
-        result = SimpleNamespace(loaded=loaded, recipe=Recipe.load(str(directory / RECIPE)), report=report,
+        recipe = self.recipe or Recipe.load(str(directory / RECIPE))
+        result = SimpleNamespace(loaded=loaded, recipe=recipe, report=report,
                                  seed=int(self.student.compression.get("seed", 0)))
         was_training = model.training
         model.eval()
