@@ -1,5 +1,5 @@
-"""Training data (labelled images, COCO detection, or unlabelled text) as a torch Dataset whose batches the model's own processor prepares (in the DataLoader's collate,
-so accelerate shards and prefetches them like any DataLoader)."""
+"""Training data (labelled images, COCO detection, or unlabelled text) as a torch Dataset whose batches the model's
+own processor prepares (in the DataLoader's collate, so accelerate shards and prefetches them like any DataLoader)."""
 
 from __future__ import annotations
 

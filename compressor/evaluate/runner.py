@@ -111,6 +111,8 @@ def evaluate(loaded: LoadedModel, data: LabelledData, *, reference: LoadedModel 
         item.model.eval()
     scorer = task_scorer(loaded, data, reference)
     fidelity = FidelityMeter() if reference is not None else None
+    # a bare encoder's output is an embedding, not logits: no logit KL or top-1 agreement on it
+    outputs_are = data.task if loaded.adapter.has_head() else "feature-extraction"
     started = time.perf_counter()
     unit = "text" if data.text_column is not None else "img"
     with tqdm(total=len(data), unit=unit, desc="evaluate", disable=not progress, file=sys.stderr) as bar:
@@ -124,7 +126,7 @@ def evaluate(loaded: LoadedModel, data: LabelledData, *, reference: LoadedModel 
             if fidelity is not None:
                 reference_inputs = reference.adapter.prepare_inputs(examples)
                 reference_outputs = reference.model(**reference_inputs)
-                fidelity.update(data.task, loaded.adapter.primary_output(outputs, inputs),
+                fidelity.update(outputs_are, loaded.adapter.primary_output(outputs, inputs),
                                 reference.adapter.primary_output(reference_outputs, reference_inputs),
                                 loaded.adapter.query_predictions(outputs),
                                 reference.adapter.query_predictions(reference_outputs))

@@ -1,7 +1,7 @@
-"""`distill` for bare encoders on unlabelled text: the real all-MiniLM-L6-v2 with tied FFNs learns its original's
-sentence embedding (cosine or MSE, optionally hidden-feature MSE without the padding), the best checkpoint is
-picked by embedding cosine to the teacher, and a killed run resumes exactly (dropout included: accelerate restores
-the RNG states).
+"""`distill` for bare encoders (no logits), on unlabelled text and on images: the real all-MiniLM-L6-v2 with tied
+FFNs learns its original's sentence embedding (cosine or MSE, optionally hidden-feature MSE without the padding),
+the best checkpoint is picked by embedding cosine to the teacher, and a killed run resumes exactly (dropout
+included: each step's dropout is seeded from the seed and the step).
 
 The texts are the first 40 words of real passages (benchmarks/data/paragraphs-*.txt) so that a step takes a
 fraction of a second; the full passages are for benchmarks/distill_minilm_tied.py.
@@ -87,8 +87,8 @@ def test_tied_minilm_learns_its_originals_embedding_and_keeps_the_best_by_cosine
     assert again["fidelity"]["cosine"] == pytest.approx(summary["best"], abs=1e-5)
 
 
-def test_text_distillation_resumed_after_a_kill_ends_where_an_uninterrupted_run_does(tied_minilm_dir, short_texts, tmp_path,
-                                                                       monkeypatch):
+def test_text_distillation_resumed_after_a_kill_ends_where_an_uninterrupted_run_does(
+        tied_minilm_dir, short_texts, tmp_path, monkeypatch):
     texts, _ = short_texts
     _run(tied_minilm_dir, texts, tmp_path / "a", batch_size=4)
 
@@ -124,3 +124,19 @@ def test_cli_distills_text_with_mse_and_refuses_images_for_a_text_student(tied_m
         main(args + ["--embedding-loss", "l1", "--out", str(tmp_path / "bad")])
     assert usage_error.value.code == 2
     assert "invalid choice: 'l1'" in capsys.readouterr().err
+
+
+def test_bare_vit_encoder_distils_on_images_and_is_judged_by_embedding_cosine(hf_vit_encoder_dir,
+                                                                              cifar10_train_parquet, tmp_path):
+    import compressor
+
+    result = compressor.compress(hf_vit_encoder_dir, "act", overrides=["act.rounds=1", "act.bucket_width=16"],
+                                 progress=False, latency_runs=1)
+    student = load_source(compressor.save(result, tmp_path / "encoder-act"))
+    images = load_labelled(str(cifar10_train_parquet))
+    summary = Distiller(student, load_source(hf_vit_encoder_dir), images.subset(16), tmp_path / "run",
+                        DistillConfig(steps=2, batch_size=8, log_every=1, lr=1e-3), images.subset(8, seed=1),
+                        progress=False).run()
+    record = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[1])
+    assert record["embedding"] > 0 and "task" not in record and "kd" not in record  # labels unused: no head
+    assert set(summary["before"]) == {"cosine"} and summary["best"] is not None
