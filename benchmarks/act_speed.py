@@ -34,7 +34,6 @@ sys.path.insert(0, str(ROOT))
 
 from compressor.ops import ACTKernel  # noqa: E402
 from compressor.ops.clustered_attention import ClusterLayout, TokenTable  # noqa: E402
-from compressor.ops.lsh import combine_codes, e2lsh_codes, group_by_key  # noqa: E402
 
 HEADS, HEAD_DIM = 8, 32  # DETR d_model 256
 ROUNDS = 32  # the paper's L
@@ -65,11 +64,8 @@ def act_stages(kernel: ACTKernel, query, key, value) -> tuple[dict, dict]:
     state: dict = {}
 
     def hash_and_cluster():
-        table = TokenTable.of(query)
-        codes = e2lsh_codes(table.vectors, kernel.projections, kernel.offsets_unit, kernel.bucket_width,
-                            dtype=torch.float32)
-        state["table"] = table
-        state["clusters"] = clusters = group_by_key(table.to_rows(combine_codes(codes)))
+        state["table"] = TokenTable.of(query)
+        state["clusters"] = clusters = kernel.clusters_of(query)
         state["layout"] = ClusterLayout.build(clusters.ids, clusters.num_clusters, clusters.members)
 
     def prototype_means():
