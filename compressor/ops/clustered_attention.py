@@ -193,4 +193,7 @@ def prototype_attention(query: Tensor, key: Tensor, value: Tensor, *, scale: flo
     query_table = TokenTable.of(query)
     prototypes = query_layout.means(query_table).view(batch, heads, num_query_clusters, -1)
     output = F.scaled_dot_product_attention(prototypes, key, value, attn_mask=attention_bias, scale=scale)
+    # freed before the full-size output is allocated, so that allocation can reuse the memory (a fresh one
+    # would cost a zero-filled page fault per 4 KiB; see compressor.ops.workspace)
+    del prototypes, key, value, attention_bias
     return query_layout.broadcast(output.reshape(batch * heads * num_query_clusters, -1), query_table)
