@@ -125,9 +125,9 @@ def combine_codes(codes: Tensor) -> Tensor:
         limb_sums = torch.mm(limbs.to(limb_dtype), flat_codes.t().to(limb_dtype)).to(torch.int64)
         limb_sums = limb_sums.view(2, -1, flat_codes.shape[0])
         sums = limb_sums[:, -1]
-        for limb in range(limb_sums.shape[1] - 2, -1, -1):  # Horner over the few limbs, highest first
-            sums = torch.add(limb_sums[:, limb], sums, alpha=2**limb_bits)
-        hashes = torch.remainder(sums, HASH_PRIME)
+        for limb in range(limb_sums.shape[1] - 2, -1, -1):  # Horner over the few limbs, highest first, in place
+            sums = limb_sums[:, limb].add_(sums, alpha=2**limb_bits)
+        hashes = sums.remainder_(HASH_PRIME)
     else:
         residues = torch.remainder(flat_codes.to(torch.int64), HASH_PRIME)[:, :, None]
         terms = torch.remainder(residues * _hash_multipliers(rounds, codes.device), HASH_PRIME)
