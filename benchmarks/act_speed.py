@@ -10,7 +10,10 @@ Both sides compute full attention outputs for all N queries.
 
 Runs are interleaved (exact, ACT, then ACT's stages one by one, alternating which goes first) so machine drift
 hits both sides alike; the medians are reported. ACT's time is broken down into hashing + clustering, prototype
-means, attention, and gathering back, so the overhead of clustering is visible.
+means, attention, and gathering back, so the overhead of clustering is visible. Page faults per call are
+recorded for each side too: a fresh multi-megabyte allocation that the allocator takes from the OS costs about
+3 µs per 4 KiB page on first touch, enough to swing a ratio, so a run where one side faults and the other does
+not is visibly perturbed.
 
     .venv/bin/python benchmarks/act_speed.py [--runs 31] [--tokens 4200] [--layouts hf,contiguous]
                                              [--out benchmarks/results/act_speed.json]
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -34,7 +38,6 @@ sys.path.insert(0, str(ROOT))
 
 from compressor.ops import ACTKernel  # noqa: E402
 from compressor.ops.clustered_attention import ClusterLayout, TokenTable  # noqa: E402
-from compressor.ops.lsh import combine_codes, e2lsh_codes, group_by_key  # noqa: E402
 
 HEADS, HEAD_DIM = 8, 32  # DETR d_model 256
 ROUNDS = 32  # the paper's L
@@ -65,11 +68,8 @@ def act_stages(kernel: ACTKernel, query, key, value) -> tuple[dict, dict]:
     state: dict = {}
 
     def hash_and_cluster():
-        table = TokenTable.of(query)
-        codes = e2lsh_codes(table.vectors, kernel.projections, kernel.offsets_unit, kernel.bucket_width,
-                            dtype=torch.float32)
-        state["table"] = table
-        state["clusters"] = clusters = group_by_key(table.to_rows(combine_codes(codes)))
+        state["table"] = TokenTable.of(query)
+        state["clusters"] = clusters = kernel.clusters_of(query)
         state["layout"] = ClusterLayout.build(clusters.ids, clusters.num_clusters, clusters.members)
 
     def prototype_means():
@@ -84,10 +84,20 @@ def act_stages(kernel: ACTKernel, query, key, value) -> tuple[dict, dict]:
     return dict(zip(STAGES, (hash_and_cluster, prototype_means, attention, gather))), state
 
 
-def elapsed_ms(function) -> float:
+def minor_page_faults() -> int:
+    """Page faults of this process so far: each first touch of a fresh 4 KiB page costs about 3 µs here, so a
+    side that gets its big allocations fresh from the OS while the other reuses memory is timed unfairly."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def elapsed_ms(function, faults: list[int]) -> float:
+    """Wall time of one call in ms; appends the page faults it caused to `faults`."""
+    faults_before = minor_page_faults()
     start = time.perf_counter()
     function()
-    return (time.perf_counter() - start) * 1000.0
+    elapsed = (time.perf_counter() - start) * 1000.0
+    faults.append(minor_page_faults() - faults_before)
+    return elapsed
 
 
 def measure(tokens: int, ratio: float, layout: str, runs: int, warmup: int, seed: int) -> dict:
@@ -109,14 +119,15 @@ def measure(tokens: int, ratio: float, layout: str, runs: int, warmup: int, seed
                 function()
         kernel.reset_statistics()
         samples: dict[str, list[float]] = {name: [] for name in ("exact", "act", *STAGES)}
+        faults: dict[str, list[int]] = {name: [] for name in samples}
         for run in range(runs):
             order = ("exact", "act", "stages") if run % 2 == 0 else ("stages", "act", "exact")
             for name in order:
                 if name == "stages":
                     for stage, function in stages.items():
-                        samples[stage].append(elapsed_ms(function))
+                        samples[stage].append(elapsed_ms(function, faults[stage]))
                 else:
-                    samples[name].append(elapsed_ms(timed[name]))
+                    samples[name].append(elapsed_ms(timed[name], faults[name]))
         act_output = kernel(query, key, value, None, None)
         exact_error = (act_output - F.scaled_dot_product_attention(query, key, value)).abs().max().item()
         stages_reproduce_kernel = torch.equal(stage_state["output"], act_output)
@@ -140,6 +151,7 @@ def measure(tokens: int, ratio: float, layout: str, runs: int, warmup: int, seed
         "clustering_overhead_share": (stage_total - median["attention"]) / stage_total,
         "max_abs_difference_to_exact": exact_error,
         "stages_reproduce_kernel_output": stages_reproduce_kernel,
+        "page_faults_per_call": {name: statistics.mean(counts) for name, counts in faults.items()},
     }
 
 
@@ -165,13 +177,14 @@ def main(argv: list[str] | None = None) -> int:
           f"L = {ROUNDS}, r = {BUCKET_WIDTH:g}, median of {args.runs} interleaved runs")
     print(f"{'layout':>10} {'C/N':>5} {'C/N meas.':>9} {'exact ms':>9} {'ACT ms':>7} {'speed-up':>8} "
           f"{'ideal N/C':>9} {'efficiency':>10} | {'hash+cluster':>12} {'means':>6} {'attention':>9} "
-          f"{'gather':>6} {'overhead':>8}")
+          f"{'gather':>6} {'overhead':>8} | {'page faults/call exact, ACT':>27}")
     for row in results:
         stage = row["breakdown_ms"]
         print(f"{row['layout']:>10} {row['ratio']:>5.2f} {row['prototype_fraction']:>9.4f} {row['exact_ms']:>9.1f} "
               f"{row['act_ms']:>7.1f} {row['speedup']:>8.2f} {row['ideal_speedup']:>9.2f} "
               f"{row['efficiency']:>10.3f} | {stage['hash_and_cluster']:>12.2f} {stage['prototype_means']:>6.2f} "
-              f"{stage['attention']:>9.1f} {stage['gather']:>6.2f} {row['clustering_overhead_share']:>8.1%}")
+              f"{stage['attention']:>9.1f} {stage['gather']:>6.2f} {row['clustering_overhead_share']:>8.1%} | "
+              f"{row['page_faults_per_call']['exact']:>17.0f}, {row['page_faults_per_call']['act']:>8.0f}")
 
     report = {
         "benchmark": "act_speed",

@@ -16,6 +16,7 @@ from torch import Tensor
 from compressor.models.base import AttentionKernel
 from compressor.ops.clustered_attention import TokenTable, prototype_attention
 from compressor.ops.lsh import Clusters, combine_codes, e2lsh_codes, group_by_key
+from compressor.ops.workspace import scratch
 
 CLUSTER_MODES = ("queries", "keys", "both")
 #: an additive mask entry at or below this is padding: exp(-1e4) is 0 in float32, so the key gets no weight anyway
@@ -171,8 +172,8 @@ class ACTKernel(AttentionKernel):
                                                    allow_bias=not clusters_keys)
         # In self-attention a padded key position is also a padded query: keep those apart from real queries.
         query_valid = key_valid if query_tokens == key_tokens else None
-        query_clusters = self._cluster(query, query_valid) if clusters_queries else None
-        key_clusters = self._cluster(key, key_valid) if clusters_keys else None
+        query_clusters = self.clusters_of(query, query_valid) if clusters_queries else None
+        key_clusters = self.clusters_of(key, key_valid) if clusters_keys else None
         output = prototype_attention(query, key, value, scale=scale,
                                      key_bias=None if clusters_keys else key_mask_row,
                                      query_clusters=query_clusters, key_clusters=key_clusters)
@@ -183,11 +184,16 @@ class ACTKernel(AttentionKernel):
         self.uncounted_flops = self._uncounted_flops(query, key, value, query_clusters, key_clusters)
         return output
 
-    def _cluster(self, x: Tensor, valid: Tensor | None) -> Clusters:
-        """Hash the token vectors where they lie in memory (no copy of HF's transposed q/k), then group per row."""
+    def clusters_of(self, x: Tensor, valid: Tensor | None = None) -> Clusters:
+        """The clusters of (B, H, N, D) tokens, rows = B·H; `valid` (B·H, N) bool marks real tokens.
+
+        Hashes the token vectors where they lie in memory (no copy of HF's transposed q/k), into codes held in
+        scratch memory (consumed at once by `combine_codes`), then groups per row.
+        """
         table = TokenTable.of(x)
-        codes = e2lsh_codes(table.vectors, self.projections, self.offsets_unit, self.bucket_width,
-                            dtype=torch.float32)
+        codes = scratch((table.vectors.shape[0], self.rounds), torch.float32, x.device)
+        e2lsh_codes(table.vectors, self.projections, self.offsets_unit, self.bucket_width, dtype=torch.float32,
+                    out=codes)
         return group_by_key(table.to_rows(combine_codes(codes)), valid)
 
     def _uncounted_flops(self, query: Tensor, key: Tensor, value: Tensor, query_clusters: Clusters | None,

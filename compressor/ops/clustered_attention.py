@@ -95,7 +95,8 @@ class ClusterLayout:
 
     Built once per clustering and shared by the reductions and the gather: `slot_index` (R, N) is each token's
     slot, `members` (R, N) each row's token positions ordered by slot, `sizes` (R·num_clusters,) the member counts
-    (`divisors` the same with empty slots counted as 1) and `slot_starts` where each slot's members begin.
+    (`divisors` the same as a float32 column with empty slots counted as 1: dividing floats by an int64 tensor
+    takes torch's slow mixed-dtype path) and `slot_starts` where each slot's members begin.
     """
 
     num_clusters: int
@@ -112,7 +113,8 @@ class ClusterLayout:
             members = torch.argsort(ids, dim=1)
         slot_index = _slot_index(ids, num_clusters)
         sizes = _slot_sizes(slot_index, ids.shape[0] * num_clusters)
-        return cls(num_clusters, slot_index, members, sizes, sizes.clamp(min=1)[:, None],
+        divisors = sizes.clamp(min=1).to(torch.float32)[:, None]
+        return cls(num_clusters, slot_index, members, sizes, divisors,
                    torch.cumsum(sizes, 0) - sizes)
 
     def means(self, table: TokenTable) -> Tensor:
@@ -122,7 +124,7 @@ class ClusterLayout:
         differentiable in the vectors — then one division by the sizes (embedding_bag's "mean" mode is slower).
         """
         sums = F.embedding_bag(table.entries(self.members), table.vectors, self.slot_starts, mode="sum")
-        return sums.div_(self.divisors)
+        return sums.div_(self.divisors.to(sums.dtype))
 
     def broadcast(self, prototype_values: Tensor, table: TokenTable) -> Tensor:
         """(R·num_clusters, D') slot values → (B, H, N, D'): every token takes its slot's row, in the memory order
@@ -191,4 +193,7 @@ def prototype_attention(query: Tensor, key: Tensor, value: Tensor, *, scale: flo
     query_table = TokenTable.of(query)
     prototypes = query_layout.means(query_table).view(batch, heads, num_query_clusters, -1)
     output = F.scaled_dot_product_attention(prototypes, key, value, attn_mask=attention_bias, scale=scale)
+    # freed before the full-size output is allocated, so that allocation can reuse the memory (a fresh one
+    # would cost a zero-filled page fault per 4 KiB; see compressor.ops.workspace)
+    del prototypes, key, value, attention_bias
     return query_layout.broadcast(output.reshape(batch * heads * num_query_clusters, -1), query_table)

@@ -49,19 +49,23 @@ class Clusters(NamedTuple):
 
 
 def e2lsh_codes(x: Tensor, projections: Tensor, offsets_unit: Tensor, bucket_width: Tensor | float,
-                dtype: torch.dtype = torch.int64) -> Tensor:
+                dtype: torch.dtype = torch.int64, out: Tensor | None = None) -> Tensor:
     """E2LSH codes floor((a·x + b) / r) of (..., N, D) tokens: (..., N, L).
 
     `projections` (L, D) holds the a_l, `offsets_unit` (L,) in [0, 1) the b_l / r. The projection is one torch
-    matmul (so FlopCounterMode sees it) of x with a / r, followed by + b / r and floor, in float32 whatever the
+    addmm (so FlopCounterMode sees it) of x with a / r on top of b / r, followed by floor, in float32 whatever the
     input dtype (bucket edges need the precision). `dtype=torch.float32` returns the same integers as floats,
-    which `combine_codes` consumes without a conversion pass.
+    which `combine_codes` consumes without a conversion pass; `out`, a float32 tensor to write them into (a
+    workspace kept across calls spares allocating — and the OS zero-filling — megabytes of fresh pages per call).
     """
     x = x.detach()
     if x.dtype != torch.float32:
         x = x.to(torch.float32)
-    codes = torch.matmul(x, (projections.float() / bucket_width).t())
-    codes.add_(offsets_unit.float()).floor_()
+    leading, dim = x.shape[:-1], x.shape[-1]
+    scaled = (projections.float() / bucket_width).t()
+    flat_out = None if out is None else out.view(-1, projections.shape[0])
+    codes = torch.addmm(offsets_unit.float(), x.reshape(-1, dim), scaled, out=flat_out)
+    codes = codes.floor_().view(*leading, -1)
     return codes if dtype == torch.float32 else codes.to(dtype)
 
 
@@ -74,15 +78,15 @@ def _hash_multipliers(rounds: int, device: torch.device) -> Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _multiplier_limbs(rounds: int, limb_bits: int, device: torch.device) -> Tensor:
-    """The multipliers cut into `limb_bits`-bit limbs, lowest first: (rounds, 2·k) float32, hash-major.
+    """The multipliers cut into `limb_bits`-bit limbs, lowest first: (2·k, rounds) float32, hash-major.
 
-    codes @ limbs is exact in float32 while Σ_l |c_l| · 2^limb_bits <= 2^24.
+    limbs @ codesᵀ is exact in float32 while Σ_l |c_l| · 2^limb_bits <= 2^24.
     """
     multipliers = _hash_multipliers(rounds, device)
     limbs_per_multiplier = -(-HASH_PRIME.bit_length() // limb_bits)
     shifts = torch.arange(limbs_per_multiplier, device=device) * limb_bits
     limbs = (multipliers[:, :, None] >> shifts) & (2**limb_bits - 1)  # (rounds, 2, k)
-    return limbs.reshape(rounds, -1).to(torch.float32)
+    return limbs.reshape(rounds, -1).t().contiguous().to(torch.float32)
 
 
 def _float32_matmul_is_ieee(device: torch.device) -> bool:
@@ -104,9 +108,11 @@ def combine_codes(codes: Tensor) -> Tensor:
     key = h_1·P + h_2 with h_j = Σ_l c_l·m_lj mod P. When Σ_l |c_l| < 2^23 (always, unless the bucket width is
     tiny against the tokens), one float32 matmul against the multipliers cut into limbs small enough that no sum
     rounds (`_multiplier_limbs`; float64 if float32 matmuls may run in reduced precision) gives exact per-limb
-    sums, reassembled in int64 — cheaper than converting every code to float64. Otherwise the codes are reduced
-    mod P and the products summed in int64, each product below 2^48. Nothing relies on integer overflow, and both
-    paths give the same key.
+    sums, reassembled in int64 — cheaper than converting every code to float64. The product is taken as
+    limbs (2k, L) @ codesᵀ (L, M): CPU BLAS runs this short, wide shape several times faster than the tall,
+    narrow codes @ limbsᵀ, and each limb's sums come out contiguous. Otherwise the codes are reduced mod P and
+    the products summed in int64, each product below 2^48. Nothing relies on integer overflow, and both paths
+    give the same key.
     """
     rounds = codes.shape[-1]
     flat_codes = codes.reshape(-1, rounds)
@@ -116,17 +122,17 @@ def combine_codes(codes: Tensor) -> Tensor:
         limb_bits = _FLOAT32_MANTISSA_BITS - sum_bound.bit_length()
         limbs = _multiplier_limbs(rounds, limb_bits, codes.device)
         limb_dtype = torch.float32 if _float32_matmul_is_ieee(codes.device) else torch.float64
-        limb_sums = torch.mm(flat_codes.to(limb_dtype), limbs.to(limb_dtype)).to(torch.int64)
-        limb_sums = limb_sums.view(flat_codes.shape[0], 2, -1)
-        sums = limb_sums[:, :, -1]
-        for limb in range(limb_sums.shape[2] - 2, -1, -1):  # Horner over the few limbs, highest first
-            sums = torch.add(limb_sums[:, :, limb], sums, alpha=2**limb_bits)
-        hashes = torch.remainder(sums, HASH_PRIME)
+        limb_sums = torch.mm(limbs.to(limb_dtype), flat_codes.t().to(limb_dtype)).to(torch.int64)
+        limb_sums = limb_sums.view(2, -1, flat_codes.shape[0])
+        sums = limb_sums[:, -1]
+        for limb in range(limb_sums.shape[1] - 2, -1, -1):  # Horner over the few limbs, highest first, in place
+            sums = limb_sums[:, limb].add_(sums, alpha=2**limb_bits)
+        hashes = sums.remainder_(HASH_PRIME)
     else:
         residues = torch.remainder(flat_codes.to(torch.int64), HASH_PRIME)[:, :, None]
         terms = torch.remainder(residues * _hash_multipliers(rounds, codes.device), HASH_PRIME)
-        hashes = torch.remainder(terms.sum(dim=1), HASH_PRIME)
-    return torch.add(hashes[:, 1], hashes[:, 0], alpha=HASH_PRIME).view(codes.shape[:-1])
+        hashes = torch.remainder(terms.sum(dim=1), HASH_PRIME).t()
+    return torch.add(hashes[1], hashes[0], alpha=HASH_PRIME).view(codes.shape[:-1])
 
 
 def sort_rows(keys: Tensor) -> tuple[Tensor, Tensor]:
