@@ -9,6 +9,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -81,3 +84,12 @@ def plot_panels(results: list[dict], draw, path: Path, *, xlabel: str, reference
         axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+
+
+def cli(*args: str) -> float:
+    """Run `python cli.py ARGS` as a user would (offline), echoing the command; returns the seconds it took."""
+    command = [sys.executable, str(HERE.parent / "cli.py"), *args]
+    print("$ " + " ".join(command), flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return time.perf_counter() - started

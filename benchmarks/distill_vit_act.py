@@ -20,23 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-DATA = REPO.parent / "shared" / "data"
-
-
-def cli(*args: str) -> float:
-    command = [sys.executable, str(REPO / "cli.py"), *args]
-    print("$ " + " ".join(command), flush=True)
-    started = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    return time.perf_counter() - started
+from common import HERE, SHARED as DATA, cli
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from distill_vit_act import DATA, HERE, cli
+from common import HERE, SHARED as DATA, cli
 
 TEST, TRAIN = DATA / "cifar10" / "test.parquet", DATA / "cifar10" / "train.parquet"
 

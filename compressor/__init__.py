@@ -5,6 +5,7 @@ The Python API mirrors the CLI::
     import compressor
     result = compressor.compress("facebook/detr-resnet-50", "act")    # load, rewrite, measure
     compressor.save(result, "detr-act")                                  # config, safetensors, recipe, report, card
+    compressor.distill_and_save(result, "out", data="train.parquet")     # a recipe's distill step, instead of save
     model = compressor.load("detr-act")                                  # rebuild with identical outputs
     compressor.push_to_hub("detr-act", "my-org/detr-act")                # publish (token: HF_TOKEN / hf auth login)
     model = compressor.load("my-org/detr-act")                           # ... and load it back from the Hub
@@ -25,6 +26,10 @@ def __getattr__(name):
         from compressor import serialization
 
         return getattr(serialization, name)
+    if name == "distill_and_save":
+        from compressor.distill.recipe_stage import distill_and_save
+
+        return distill_and_save
     if name == "push_to_hub":
         from compressor.hub import push_to_hub
 
@@ -36,4 +41,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'compressor' has no attribute {name!r}")
 
 
-__all__ = ["CompressorError", "CompressionResult", "Recipe", "compress", "load", "push_to_hub", "save", "__version__"]
+__all__ = ["CompressorError", "CompressionResult", "Recipe", "compress", "distill_and_save", "load", "push_to_hub",
+           "save", "__version__"]

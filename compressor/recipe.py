@@ -10,6 +10,10 @@ parameters, and optionally the `plan` a previous run calibrated (so a compressed
         targets: [auto]
         rounds: 32
 
+A recipe may end with a training step, `distill` (usually in its own `distill_stage`), whose parameters are the
+distillation settings (`compressor.distill.settings`); `compress` runs it after the passes, from the original model
+as teacher.
+
 Everything about parameters comes from the pass registry (`Pass.all_params()`), so a new pass needs no change
 here. Validation walks the YAML node tree itself (`yaml.compose`, safe loading only) so that every mistake is
 reported as one line `file:line: dotted.path ...` saying what is wrong and what is allowed.
@@ -28,6 +32,7 @@ from typing import Any, Iterator, NoReturn, Sequence
 import yaml
 
 import compressor
+from compressor.distill.settings import DISTILL, DISTILL_PARAMS
 from compressor.errors import RecipeError
 from compressor.passes import AUTO, PASSES, Param, Pass
 
@@ -45,6 +50,16 @@ REGEX_PREFIX = "re:"
 #: what a plan setting may hold: what YAML writes and reads back unchanged
 PLAN_SCALARS = (str, int, float, bool, type(None))
 OVERRIDE_FORMS = "<pass>.<param>=<value> or <stage>.<pass>.<param>=<value>"
+
+
+def step_params(name: str) -> dict[str, Param]:
+    """The parameters of a recipe step: a pass's, or the distillation settings for `distill`."""
+    return DISTILL_PARAMS if name == DISTILL else PASSES[name].all_params()
+
+
+def known_steps() -> list[str]:
+    """What a stage may hold: every pass, and `distill`."""
+    return sorted(PASSES) + [DISTILL]
 
 
 # --- the data ----------------------------------------------------------------------------------------------------
@@ -81,9 +96,22 @@ class Recipe:
     source: str = field(default="<recipe>", compare=False)
 
     def passes(self) -> Iterator[PassSpec]:
-        """Every pass in run order: stages in file order, passes in order within a stage."""
+        """Every rewriting pass in run order: stages in file order, passes in order within a stage."""
         for stage in self.stages:
-            yield from stage.passes
+            yield from (spec for spec in stage.passes if spec.name != DISTILL)
+
+    def distill(self) -> PassSpec | None:
+        """The training step that ends the recipe, if it has one."""
+        last = self.stages[-1].passes[-1]
+        return last if last.name == DISTILL else None
+
+    def without_distill(self) -> Recipe:
+        """A copy without the training step (what was done when it is skipped); a stage left empty goes too."""
+        recipe = copy.deepcopy(self)
+        for stage in recipe.stages:
+            stage.passes = [spec for spec in stage.passes if spec.name != DISTILL]
+        recipe.stages = [stage for stage in recipe.stages if stage.passes]
+        return recipe
 
     # --- loading ---------------------------------------------------------------------------------------------
     @classmethod
@@ -147,7 +175,7 @@ class Recipe:
             raise RecipeError(f"{prefix}: expected {OVERRIDE_FORMS}")
         spec = self._spec_for_override(prefix, parts)
         param_name = parts[-1]
-        params = spec.pass_class.all_params()
+        params = step_params(spec.name)
         if param_name not in params:
             raise RecipeError(f"{prefix}: {key}: {_unknown(f'{spec.name} parameter', param_name, params)}")
         try:
@@ -515,7 +543,29 @@ class _Validator:
         if not stages:
             self.fail(root, "", f"the recipe has no stage; add a top-level key ending in {STAGE_SUFFIX} with at "
                                 f"least one pass, e.g. `compress_stage: {{{min(PASSES)}: {{}}}}`")
+        self.check_distill_last(stages)
         return Recipe(description, stages, source)
+
+    def check_distill_last(self, stages: list[Stage]) -> None:
+        """Training comes once, after every pass: a pass after it would change what was trained."""
+        steps = [spec for stage in stages for spec in stage.passes]
+        trainings = [index for index, spec in enumerate(steps) if spec.name == DISTILL]
+        if not trainings:
+            return
+        first = steps[trainings[0]]
+        where = f"{self.label}:{first.line}:" if first.line is not None else f"{self.label}:"
+        path = _join(first.stage, DISTILL)
+        if len(trainings) > 1:
+            raise RecipeError(f"{where} {path}: a recipe may distill once, at the end; remove the other "
+                              f"{DISTILL} step ({steps[trainings[1]].stage})")
+        if trainings[0] != len(steps) - 1:
+            after = steps[trainings[0] + 1]
+            raise RecipeError(f"{where} {path}: {DISTILL} must be the last step of the recipe, but "
+                              f"{after.stage}.{after.name} comes after it; move the {DISTILL} step (or its stage) "
+                              "to the end")
+        if len(steps) == 1:
+            raise RecipeError(f"{where} {path}: the recipe has no pass to distill after; add a stage of passes "
+                              f"before it (known passes: {', '.join(sorted(PASSES))})")
 
     def description(self, node: _Node) -> str:
         text = node.value if node.kind == "scalar" else None
@@ -525,7 +575,7 @@ class _Validator:
         return text.strip()
 
     def stage(self, name: str, key_node: _Node, node: _Node) -> Stage:
-        known = ", ".join(sorted(PASSES))
+        known = ", ".join(known_steps())
         if node.is_null() or (node.kind == "map" and not node.value):
             self.fail(key_node, name, f"the stage is empty; add at least one pass (known passes: {known})")
         if node.kind != "map":
@@ -533,15 +583,15 @@ class _Validator:
                                   f"{known}), got {_show(node.plain())}")
         passes = []
         for pass_name, pass_key, pass_value in self.entries(node, name):
-            if pass_name not in PASSES:
-                self.fail(pass_key, _join(name, pass_name), _unknown("pass", pass_name, sorted(PASSES)))
+            if pass_name not in PASSES and pass_name != DISTILL:
+                self.fail(pass_key, _join(name, pass_name), _unknown("pass", pass_name, known_steps()))
             passes.append(self.pass_spec(name, pass_name, pass_key, pass_value))
         return Stage(name, passes)
 
     def pass_spec(self, stage: str, name: str, key_node: _Node, node: _Node) -> PassSpec:
         """A pass's parameters with defaults filled in; `null` (or nothing) means all defaults."""
         path = _join(stage, name)
-        params = PASSES[name].all_params()
+        params = step_params(name)
         values = {key: copy.deepcopy(param.default) for key, param in params.items()}
         plan = None
         if node.is_null():
@@ -550,11 +600,11 @@ class _Validator:
             self.fail(node, path, f"expects a mapping of parameters (or nothing, for all defaults), got "
                                   f"{_show(node.plain())}; {name} parameters: {', '.join(params)}")
         for key, param_key, value in self.entries(node, path):
-            if key == PLAN_KEY:
+            if key == PLAN_KEY and name != DISTILL:
                 plan = self.plan(value, _join(path, key))
             elif key not in params:
                 self.fail(param_key, _join(path, key),
-                          _unknown(f"{name} parameter", key, [*params, PLAN_KEY]))
+                          _unknown(f"{name} parameter", key, [*params] + ([PLAN_KEY] * (name != DISTILL))))
             else:
                 values[key] = self.param(params[key], key, value, _join(path, key))
         return PassSpec(stage, name, values, plan, key_node.line)

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from compressor.distill import recipe_stage
+from compressor.distill.settings import DISTILL, DISTILL_PARAMS
 from compressor.passes import COMMON_PARAMS, PASSES, Param, Pass
 from compressor.recipe import RECIPES_DIR, Recipe, builtin_recipes, yaml_text
 
@@ -67,6 +69,22 @@ def render_pass(pass_class: type[Pass]) -> str:
     return "\n\n".join(part for part in parts if part)
 
 
+def render_distill_step() -> str:
+    """The training step's section: what `compress` does with it, and every setting."""
+    rows = [parameter_row(name, param) for name, param in DISTILL_PARAMS.items()]
+    example = Recipe.from_dict({"compress_stage": {min(PASSES): None}, "distill_stage": {DISTILL: None}}).to_dict()
+    return "\n\n".join([
+        f"### The `{DISTILL}` step",
+        first_paragraph(recipe_stage.__doc__),
+        f"It must be the last step of a recipe (usually alone in a `distill_stage`). `cli.py compress --data DATA` "
+        f"fills in `data`, `--eval-data` fills in `eval_data`, and `--no-distill` skips the step. The same settings "
+        f"are the options of `cli.py {DISTILL}`. Parameters:",
+        table(["Parameter", "Type", "Default", "Allowed values", "Description"], rows),
+        "Every default, spelled out:",
+        f"```yaml\n{yaml_text({'distill_stage': example['distill_stage']}).rstrip()}\n```",
+    ])
+
+
 def render_reference() -> str:
     """The generated section (without the markers): built-in recipes, then every pass by name."""
     repository = RECIPES_DIR.parent
@@ -80,6 +98,7 @@ def render_reference() -> str:
         builtins,
         "### Passes",
         *(render_pass(PASSES[name]) for name in sorted(PASSES)),
+        render_distill_step(),
     ]
     return "\n" + "\n\n".join(sections) + "\n"
 

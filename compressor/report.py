@@ -85,7 +85,22 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"  {pass_cost(entry)}")
         for key, value in entry.get("summary", {}).items():
             lines.append(f"  {key}: {value}")
+    if report.get("distillation"):
+        lines += ["", describe_distillation(report["distillation"])]
     lines.append("")
     lines.append(f"measured on {report['input']}; latency: median of {latency['runs']} interleaved runs, "
                  f"{report['environment']['threads']} threads")
     return "\n".join(lines)
+
+
+def describe_distillation(summary: dict[str, Any]) -> str:
+    """One line on the distill step: how much training, and the evaluation metric before and after."""
+    from compressor.sweep import HEADLINE
+
+    line = f"distill: {summary['steps']} steps of batch {summary['config']['batch_size']} on {summary['data']}"
+    if summary.get("eval_data") and summary.get("before"):
+        name = next((metric for metric in HEADLINE.values() if metric in summary["before"]), None)
+        if name is not None and summary.get("best") is not None:
+            line += f"; {name} on {summary['eval_data']}: {summary['before'][name]:.4f} before, " \
+                    f"{summary['best']:.4f} best (step {summary['best_step']})"
+    return line

@@ -9,6 +9,7 @@ the result computes exactly what the model computed in memory after compression.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -48,9 +49,15 @@ def _base_config(loaded: LoadedModel) -> dict[str, Any]:
 
 
 def save(result, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write `result` (a CompressionResult) to `out`, atomically."""
+    """Write `result` (a CompressionResult) to `out`, atomically.
+
+    The recipe written is what was done: a recipe's `distill` step is left out unless the report says it ran.
+    """
     from compressor.model_card import render_model_card
 
+    if result.recipe.distill() is not None and "distillation" not in result.report:
+        result = copy.copy(result)
+        result.recipe = result.recipe.without_distill()
     loaded = result.loaded
     config = _base_config(loaded)
     config[COMPRESSION_KEY] = {

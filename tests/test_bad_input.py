@@ -26,6 +26,7 @@ from file_trees import tree
 
 REPO = Path(__file__).resolve().parents[1]
 ACT = "description: x\ncompress_stage:\n  act:\n"
+DISTILL_STEP = "distill_stage:\n  distill:\n    steps: 2\n"
 
 
 def recipe_file(workdir: Path, text: str) -> str:
@@ -208,6 +209,18 @@ CASES = {
     "output parent is a file": (lambda w, f: (w.joinpath("parent").write_text("x"), [
         "compress", str(f["vit"]), "--recipe", "act", "--out", "parent/out", "--quiet"])[1], "is a file"),
     "bad input size": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--input-size", "big"), "HEIGHTxWIDTH"),
+    # the distill step of a recipe
+    "distill step without data": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(
+        w, ACT + DISTILL_STEP)), "needs training data"),
+    "distill step before a pass": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(
+        w, "description: x\ndistill_stage:\n  distill:\ncompress_stage:\n  act:\n")), "must be the last step"),
+    "distill step twice": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(
+        w, ACT + DISTILL_STEP + "again_stage:\n  distill:\n")), "may distill once"),
+    "training data for a recipe without a distill step": (lambda w, f: _compress(
+        f["vit"], "--recipe", "act", "--data", "train.parquet"), "has none"),
+    "an earlier training run in the way": (lambda w, f: (w.joinpath("out.distill").mkdir(), _compress(
+        f["vit"], "--recipe", recipe_file(w, ACT + DISTILL_STEP), "--data", "train.parquet"))[1],
+                                           "--resume"),
     "zero calibration samples": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--calib-samples", "0"),
                                  "at least 1"),
 }

@@ -106,6 +106,6 @@ def test_built_in_max_recipes_chain_every_pass_and_reload(fixture, recipe, calib
                                  progress=False, latency_runs=1)
     names = [spec.name for spec in Recipe.load(recipe).passes()]
     assert [entry["name"] for entry in result.report["passes"]] == names and len(names) >= 2
-    assert all(entry["flops"]["after"] <= entry["flops"]["before"] for entry in result.report["passes"])
+    assert result.report["params"]["after"] < result.report["params"]["before"]
     reloaded = load_source(compressor.save(result, tmp_path / "out"))
     assert (_outputs(result.loaded, result.model) - _outputs(reloaded, reloaded.model)).abs().max().item() <= 1e-5

@@ -123,25 +123,64 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(vit_student, cif
     assert any(not torch.equal(weights_one[k], original[k]) for k in original)
 
 
-def test_detr_mtkd_trains_the_act_and_the_original_path_together(tmp_path):
+@pytest.fixture(scope="module")
+def detr_act_student(tmp_path_factory) -> Path:
+    """A small DETR with COCO's 91 class ids (as facebook/detr-resnet-50), compressed with coarse ACT."""
     from transformers import DetrForObjectDetection, DetrImageProcessor
 
     from tests.checkpoints_hf import small_detr_config
 
     config = small_detr_config()
-    config.num_labels = 91  # COCO's category ids, as facebook/detr-resnet-50
+    config.num_labels = 91
     torch.manual_seed(0)
-    teacher_dir = tmp_path / "detr"
+    teacher_dir = tmp_path_factory.mktemp("detr") / "detr"
     DetrForObjectDetection(config).save_pretrained(teacher_dir)
     DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(teacher_dir)
     result = compressor.compress(teacher_dir, "act", overrides=["act.rounds=2"], progress=False, latency_runs=1)
-    student_dir = compressor.save(result, tmp_path / "detr-act")
+    return compressor.save(result, teacher_dir.parent / "detr-act")
+
+
+def test_detr_mtkd_trains_the_act_and_the_original_path_together(detr_act_student, tmp_path):
     data = load_labelled(str(shared("coco128-val"))).subset(4)
-    student = load_source(student_dir)
-    Distiller(student, load_source(teacher_dir), data, tmp_path / "run", DistillConfig(
+    student = load_source(detr_act_student)
+    Distiller(student, load_source(student.base_model), data, tmp_path / "run", DistillConfig(
         steps=2, batch_size=2, log_every=1, checkpoint_every=2), progress=False).run()
     record = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
     assert {"task", "task_original", "box_l2", "kd"} <= set(record) and record["box_l2"] > 0
+
+
+def _same_size_coco(folder: Path, count: int) -> Path:
+    """`count` coco128-val images of one size (640×480), so that one process and two pad batches alike."""
+    source = shared("coco128-val")
+    coco = json.loads((source / "annotations" / "instances_val2017.json").read_text())
+    images = [image for image in coco["images"] if (image["width"], image["height"]) == (640, 480)][:count]
+    ids = {image["id"] for image in images}
+    (folder / "val2017").mkdir(parents=True)
+    (folder / "annotations").mkdir()
+    for image in images:
+        (folder / "val2017" / image["file_name"]).symlink_to(source / "val2017" / image["file_name"])
+    coco.update(images=images, annotations=[a for a in coco["annotations"] if a["image_id"] in ids])
+    (folder / "annotations" / "instances_val2017.json").write_text(json.dumps(coco))
+    return folder
+
+
+def test_detr_mtkd_in_two_cpu_processes_matches_one(detr_act_student, tmp_path):
+    data = _same_size_coco(tmp_path / "coco", 4)
+    args = ["distill", str(detr_act_student), "--data", str(data), "--batch-size", "4", "--steps", "2",
+            "--lr", "0.001", "--quiet"]
+    one = _cli(*args, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    two = _cli(*args, "--out", str(tmp_path / "two"), launcher=(str(torchrun), "--nproc_per_node", "2"))
+    assert two.returncode == 0, two.stderr[-2000:]
+    logged = json.loads((tmp_path / "two" / "log.jsonl").read_text().splitlines()[0])
+    assert logged["box_l2"] > 0  # the MTKD loss really ran in both processes
+    weights_one = load_file(str(tmp_path / "one" / "best" / "model.safetensors"))
+    weights_two = load_file(str(tmp_path / "two" / "best" / "model.safetensors"))
+    original = load_file(str(detr_act_student / "model.safetensors"))
+    for key in weights_one:
+        assert torch.allclose(weights_one[key], weights_two[key], atol=1e-5), key
+    assert any(not torch.equal(weights_one[k], original[k]) for k in original)
 
 
 def test_distill_needs_a_compressed_student(resnet20_checkpoint, cifar10_train_parquet, tmp_path, capsys):

@@ -37,12 +37,19 @@ class CompressCommand(Command):
         parser.add_argument("--seed", type=int, default=0, help="seed for hashing and sampling (default 0)")
         parser.add_argument("--latency-runs", type=int, default=5, metavar="N",
                             help="timed forwards per model for the latency median (default 5)")
+        parser.add_argument("--data", metavar="DATA",
+                            help="training data for the recipe's distill step (overrides its `data`)")
+        parser.add_argument("--eval-data", metavar="DATA",
+                            help="labelled data to keep the best student of the distill step by")
+        parser.add_argument("--no-distill", action="store_true",
+                            help="skip the recipe's distill step: write the compressed model untrained")
         parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
         parser.add_argument("--quiet", action="store_true", help="no progress messages")
         add_push_to_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from compressor.pipeline import compress
+        from compressor.distill.recipe_stage import resolve_distill_step, run_distill_step
+        from compressor.pipeline import compress, resolve_recipe
         from compressor.report import format_table
         from compressor.serialization import save
 
@@ -51,12 +58,19 @@ class CompressCommand(Command):
         check_push_to(args)
         if args.calib_samples < 1 or args.latency_runs < 1:
             raise CompressorError("--calib-samples and --latency-runs must be at least 1")
-        result = compress(args.source, args.recipe, overrides=args.overrides, calib=args.calib,
+        recipe = resolve_distill_step(resolve_recipe(args.recipe, args.overrides), out, data=args.data,
+                                      eval_data=args.eval_data, skip=args.no_distill, overwrite=args.overwrite)
+        result = compress(args.source, recipe, calib=args.calib,
                           calib_samples=args.calib_samples, seed=args.seed,
                           input_size=parse_input_size(args.input_size), latency_runs=args.latency_runs,
                           progress=not args.quiet, revision=args.revision,
                           trust_remote_code=args.trust_remote_code)
-        save(result, out, overwrite=args.overwrite)
+        if result.recipe.distill() is not None:
+            result.report["distillation"] = run_distill_step(
+                result, out, progress=not args.quiet, overwrite=args.overwrite, revision=args.revision,
+                trust_remote_code=args.trust_remote_code)
+        else:
+            save(result, out, overwrite=args.overwrite)
         if args.json:
             print(json.dumps(result.report, indent=2))
         else:

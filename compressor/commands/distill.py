@@ -18,7 +18,7 @@ class DistillCommand(Command):
 
     @classmethod
     def register(cls, parser: argparse.ArgumentParser) -> None:
-        from compressor.distill.trainer import DistillConfig
+        from compressor.distill.settings import DISTILL_PARAMS, DistillConfig
 
         parser.add_argument("student", metavar="STUDENT", help="a directory written by compress")
         parser.add_argument("--teacher", metavar="SOURCE",
@@ -36,14 +36,15 @@ class DistillCommand(Command):
             default = getattr(defaults, field.name)
             kind = float if isinstance(default, float) else int
             parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=default,
-                                help=f"default {default}")
+                                help=f"{DISTILL_PARAMS[field.name].help} (default {default})")
         parser.add_argument("--quiet", action="store_true")
         add_push_to_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from compressor.distill.trainer import Distiller, DistillConfig
+        from compressor.distill.settings import DistillConfig
+        from compressor.distill.trainer import Distiller
         from compressor.sources import load_source
 
         config = DistillConfig(**{f.name: getattr(args, f.name) for f in fields(DistillConfig)})

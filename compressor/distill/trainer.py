@@ -18,7 +18,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,6 +28,7 @@ import torch
 from compressor.data.loading import CLASSIFICATION, DETECTION, LabelledData
 from compressor.distill.data import Collate, LabelledImages
 from compressor.distill.losses import box_l2, feature_mse, logits_kl
+from compressor.distill.settings import DistillConfig
 from compressor.errors import CompressorError
 from compressor.models.base import AttentionKernel
 from compressor.sources import LoadedModel
@@ -35,27 +36,6 @@ from compressor.sources import LoadedModel
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 KEEP_CHECKPOINTS = 2
-
-
-@dataclass
-class DistillConfig:
-    """Everything that decides a run's result (written into the summary and the model card)."""
-
-    steps: int | None = None  # total optimizer steps; default: epochs × batches per epoch
-    epochs: float = 1.0
-    batch_size: int = 64  # global, split across processes
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    temperature: float = 2.0
-    kd_weight: float = 1.0
-    task_weight: float = 1.0
-    feature_weight: float = 0.0
-    box_weight: float = 1.0  # MTKD: L2 between the ACT path's boxes and the original path's
-    seed: int = 0
-    checkpoint_every: int = 200
-    log_every: int = 10
-    eval_every: int | None = None
 
 
 def on_step_end(step: int) -> None:
@@ -142,12 +122,14 @@ class Distiller:
     """One distillation run; `run()` trains, checkpoints, evaluates and saves the best student."""
 
     def __init__(self, student: LoadedModel, teacher: LoadedModel, data: LabelledData, out: Path,
-                 config: DistillConfig, eval_data: LabelledData | None = None, progress: bool = True):
+                 config: DistillConfig, eval_data: LabelledData | None = None, progress: bool = True,
+                 recipe=None):
+        """`recipe`: what `best/` records as its recipe (default: the student's own, from its directory)."""
         if student.compression is None or student.directory is None:
             raise CompressorError(f"{student.source} is not a directory written by compress; distill a compressed "
                                   "model (the best student is saved in the same format)")
         self.student, self.teacher, self.data, self.out = student, teacher, data, Path(out)
-        self.config, self.eval_data, self.progress = config, eval_data, progress
+        self.config, self.eval_data, self.progress, self.recipe = config, eval_data, progress, recipe
 
     # --- bookkeeping ---------------------------------------------------------------------------------------------
     def _log(self, accelerator, record: dict) -> None:
@@ -186,7 +168,8 @@ class Distiller:
         report["distillation"] = summary
         loaded = LoadedModel(model, self.student.adapter, self.student.source, self.student.base_model,
                              self.student.compression, directory)
-        result = SimpleNamespace(loaded=loaded, recipe=Recipe.load(str(directory / RECIPE)), report=report,
+        recipe = self.recipe or Recipe.load(str(directory / RECIPE))
+        result = SimpleNamespace(loaded=loaded, recipe=recipe, report=report,
                                  seed=int(self.student.compression.get("seed", 0)))
         was_training = model.training
         model.eval()

@@ -1,0 +1,108 @@
+"""A recipe's `distill` step, run by `compress` after the passes, so one command gives the finished model.
+
+It is the two commands chained (`compress`, then `distill` from the original as teacher) with the training run kept
+beside the output, in `OUT.distill/`: `student/` (the compressed model before training), the accelerate checkpoints,
+`log.jsonl` and `distill.json`. The output directory itself only appears, atomically, once training has finished,
+holding the best student; the checkpoints are removed then. A run that was stopped continues with
+`cli.py distill OUT.distill/student --out OUT.distill --resume` (printed when training starts).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from compressor.distill.settings import DISTILL, config_from_params
+from compressor.errors import CompressorError
+from compressor.recipe import Recipe
+
+TRAINING_SUFFIX = ".distill"
+STUDENT = "student"
+
+
+def training_directory(out: Path) -> Path:
+    return out.with_name(out.name + TRAINING_SUFFIX)
+
+
+def resume_command(out: Path) -> str:
+    work = training_directory(out)
+    return f"python cli.py distill {work / STUDENT} --out {work} --resume"
+
+
+def resolve_distill_step(recipe: Recipe, out: Path, *, data: str | None, eval_data: str | None, skip: bool,
+                         overwrite: bool) -> Recipe:
+    """The recipe as it will run: without its distill step when skipped, else with the data filled in.
+
+    Checked before anything slow: training needs data, runs in one process here, and must not mix with an older run.
+    """
+    spec = recipe.distill()
+    if spec is None:
+        if data is not None or eval_data is not None:
+            raise CompressorError(f"--data/--eval-data are for a recipe's {DISTILL} step, and {recipe.source} has "
+                                  f"none; add a distill_stage to the recipe, or train afterwards with `cli.py "
+                                  f"{DISTILL}`")
+        return recipe
+    if skip:
+        return recipe.without_distill()
+    recipe = recipe.with_overrides([f"{spec.stage}.{DISTILL}.{key}={value}" for key, value in
+                                    (("data", data), ("eval_data", eval_data)) if value is not None])
+    params = recipe.distill().params
+    if params["data"] is None:
+        raise CompressorError(f"{recipe.source} ends with a {DISTILL} step, which needs training data: give --data "
+                              "DATA (e.g. ../shared/data/cifar10/train.parquet) or --set distill.data=DATA; or "
+                              "--no-distill to write the compressed model without training it")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CompressorError(f"compress runs its {DISTILL} step in one process; to train on several, compress "
+                              f"with --no-distill, then `accelerate launch cli.py {DISTILL} OUT --data DATA ...`")
+    work = training_directory(out)
+    if work.exists():
+        if not overwrite:
+            raise CompressorError(f"{work} holds an earlier training run; continue it with `{resume_command(out)}`, "
+                                  "or pass --overwrite to start again")
+        shutil.rmtree(work)
+    return recipe
+
+
+def run_distill_step(result, out: Path, *, progress: bool = True, overwrite: bool = False,
+                     revision: str | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Train the compressed model in `result` (whose recipe ends with `distill`), then write the best to `out`."""
+    from compressor.atomic_dir import atomic_directory
+    from compressor.data.loading import load_labelled
+    from compressor.distill.trainer import CHECKPOINTS, Distiller
+    from compressor.pipeline import log
+    from compressor.serialization import save
+    from compressor.sources import load_source
+
+    params = result.recipe.distill().params
+    work = training_directory(out)
+    save(result, work / STUDENT)
+    log(f"{DISTILL}: training in {work} (if stopped, continue with `{resume_command(out)}`)", progress)
+    student = load_source(str(work / STUDENT))
+    teacher_source = params["teacher"] or result.report["source"]
+    teacher = load_source(teacher_source, revision=None if params["teacher"] else revision,
+                          trust_remote_code=trust_remote_code)
+    data = load_labelled(params["data"]).subset(params["limit"])
+    eval_data = load_labelled(params["eval_data"]).subset(params["eval_limit"]) if params["eval_data"] else None
+    summary = Distiller(student, teacher, data, work, config_from_params(params), eval_data, progress=progress,
+                        recipe=result.recipe).run()
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        shutil.copytree(work / "best", staging, dirs_exist_ok=True)
+    shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
+    shutil.rmtree(work / "best", ignore_errors=True)
+    return summary
+
+
+def distill_and_save(result, out, *, data: str | None = None, eval_data: str | None = None,
+                     overwrite: bool = False, progress: bool = True) -> Path:
+    """The Python API's `distill` step: train a `compressor.compress` result whose recipe ends with `distill`, then
+    write the best student to `out` (what `cli.py compress` does after the passes)."""
+    out = Path(out)
+    if result.recipe.distill() is None:
+        raise CompressorError(f"{result.recipe.source} has no {DISTILL} step; add a distill_stage to the recipe, or "
+                              "save the result with compressor.save")
+    result.recipe = resolve_distill_step(result.recipe, out, data=data, eval_data=eval_data, skip=False,
+                                         overwrite=overwrite)
+    result.report["distillation"] = run_distill_step(result, out, progress=progress, overwrite=overwrite)
+    return out

@@ -1,0 +1,82 @@
+"""What a distillation run is configured by, described once for the trainer, the `distill` command and recipes.
+
+`DistillConfig` holds the settings that decide a run's result; `DISTILL_PARAMS` describes each of them (type,
+bounds, help) as a recipe parameter, plus what a recipe's `distill` step must also name: the data and the teacher.
+The CLI options of `cli.py distill` and the recipe schema are both generated from here, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from compressor.passes.base import Param
+
+#: the name of the training step in a recipe (`distill_stage: {distill: {...}}`)
+DISTILL = "distill"
+
+
+@dataclass
+class DistillConfig:
+    """Everything that decides a run's result (written into the summary and the model card)."""
+
+    steps: int | None = None  # total optimizer steps; default: epochs × batches per epoch
+    epochs: float = 1.0
+    batch_size: int = 64  # global, split across processes
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    temperature: float = 2.0
+    kd_weight: float = 1.0
+    task_weight: float = 1.0
+    feature_weight: float = 0.0
+    box_weight: float = 1.0  # MTKD: L2 between the ACT path's boxes and the original path's
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    eval_every: int | None = None
+
+
+_CONFIG_PARAMS: dict[str, Param] = {
+    "steps": Param("int", None, "Optimizer steps in total; null: `epochs` passes over the data.", minimum=1,
+                   nullable=True),
+    "epochs": Param("float", 1.0, "Passes over the training data (used when `steps` is null).", greater_than=0),
+    "batch_size": Param("int", 64, "The global batch (split across processes under `accelerate launch`).",
+                        minimum=1),
+    "lr": Param("float", 1e-4, "AdamW learning rate (cosine decay after the warm-up).", greater_than=0),
+    "weight_decay": Param("float", 0.0, "AdamW weight decay.", minimum=0),
+    "warmup_steps": Param("int", 0, "Linear learning-rate warm-up steps.", minimum=0),
+    "temperature": Param("float", 2.0, "Softmax temperature of the logits KL loss.", greater_than=0),
+    "kd_weight": Param("float", 1.0, "Weight of the KL loss between the student's and the teacher's logits.",
+                       minimum=0),
+    "task_weight": Param("float", 1.0, "Weight of the task loss where labels exist (cross-entropy; DETR's "
+                                       "Hungarian-matched loss).", minimum=0),
+    "feature_weight": Param("float", 0.0, "Weight of the hidden-state MSE at matched layers (0: off).", minimum=0),
+    "box_weight": Param("float", 1.0, "DETR MTKD: weight of the L2 loss between the boxes of the rewritten path and "
+                                      "of the original path, trained together (0: plain distillation).", minimum=0),
+    "seed": Param("int", 0, "Seed of the data order and initialisation; the same seed reproduces a run."),
+    "checkpoint_every": Param("int", 200, "Steps between accelerate checkpoints (for resuming).", minimum=1),
+    "log_every": Param("int", 10, "Steps between lines of log.jsonl.", minimum=1),
+    "eval_every": Param("int", None, "Steps between evaluations on `eval_data` that keep the best student; null: "
+                                     "evaluate once, at the end.", minimum=1, nullable=True),
+}
+
+#: what a recipe's distill step names beyond the trainer's settings
+_DATA_PARAMS: dict[str, Param] = {
+    "data": Param("str", None, "Training data (a parquet/json file, an image or COCO folder, a Hub dataset id); "
+                               "`cli.py compress --data` overrides it. Required unless given there.", nullable=True),
+    "limit": Param("int", None, "Train on this many examples only (a seeded subset); null: all.", minimum=1,
+                   nullable=True),
+    "eval_data": Param("str", None, "Labelled data to evaluate on and pick the best student with; null: keep the "
+                                    "last student.", nullable=True),
+    "eval_limit": Param("int", None, "Evaluate on this many examples of `eval_data` only.", minimum=1,
+                        nullable=True),
+    "teacher": Param("str", None, "The teacher; null: the model being compressed, as it was before the passes.",
+                     nullable=True),
+}
+
+DISTILL_PARAMS: dict[str, Param] = {**_DATA_PARAMS, **_CONFIG_PARAMS}
+
+
+def config_from_params(params: dict) -> DistillConfig:
+    """The trainer's settings out of a recipe's (validated) distill parameters."""
+    return DistillConfig(**{field.name: params[field.name] for field in fields(DistillConfig)})
