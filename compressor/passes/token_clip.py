@@ -64,8 +64,8 @@ class TokenClipPass(TokenReductionPass):
             inside = [s.name for s in other_sites if s.name.startswith(site.name + ".")]
             if inside:
                 return (f"token_clip ranks the tokens of {site.name} by the mean attention they receive, which "
-                        f"needs the full attention matrix {other.name} no longer forms at {inside[0]}; leave that "
-                        "layer out of one of the two passes (targets/ignore)")
+                        f"needs the full attention matrix {other.name}'s attention kernel never forms at {inside[0]}; "
+                        "leave that layer out of one of the two passes (targets/ignore)")
         return None
 
     def importance(self, adapter: ModelAdapter, params: dict[str, Any]) -> str:
