@@ -31,14 +31,14 @@ def plain_loop(student_dir: Path, teacher_dir: Path, data, steps: int, batch_siz
     """Images per second of a hand-written distillation loop."""
     from torch.utils.data import DataLoader
 
-    from compressor.distill.data import Collate, LabelledImages
+    from compressor.distill.data import Collate, Examples
     from compressor.distill.losses import logits_kl
     from compressor.sources import load_source
 
     torch.manual_seed(0)
     student, teacher = load_source(student_dir), load_source(teacher_dir)
     model, reference = student.model.train(), teacher.model.eval().requires_grad_(False)
-    loader = DataLoader(LabelledImages(data), batch_size=batch_size, shuffle=True, drop_last=True,
+    loader = DataLoader(Examples(data), batch_size=batch_size, shuffle=True, drop_last=True,
                         collate_fn=Collate(student.adapter, data.task))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     started, done = time.perf_counter(), 0

@@ -131,7 +131,7 @@ def evaluation_section(entries: list[dict[str, Any]]) -> str:
         fidelity = ", ".join(f"{k} {v:.4g}" for k, v in (entry.get("fidelity") or {}).items())
         if fidelity:
             fidelity = f"{fidelity} (`{entry['reference']}`)"
-        rows.append(f"| `{entry['data']}` | {entry['examples']} | {metrics} | {fidelity or '-'} |")
+        rows.append(f"| `{entry['data']}` | {entry['examples']} | {metrics or '-'} | {fidelity or '-'} |")
     return "\n## Evaluation\n\nMeasured with `python cli.py evaluate` on this model.\n\n" + "\n".join(rows) + "\n"
 
 

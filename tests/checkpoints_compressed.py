@@ -27,3 +27,14 @@ def compressed_vit_dir(tmp_path_factory, hf_vit_dir) -> Path:
 def copy_compressed(source: Path, destination: Path) -> Path:
     shutil.copytree(source, destination)
     return destination
+
+
+@pytest.fixture(scope="session")
+def tied_minilm_dir(tmp_path_factory, minilm_dir) -> Path:
+    """The real all-MiniLM-L6-v2 with every FFN tied in closed form (`vit-pe`, parts [ffn]): its sentence
+    embeddings are far from the original's, which distillation must then recover."""
+    import compressor
+
+    result = compressor.compress(minilm_dir, "vit-pe", overrides=["tied_weights.parts=[ffn]"], progress=False,
+                                 latency_runs=1)
+    return compressor.save(result, tmp_path_factory.mktemp("compressed") / "minilm-tied-ffn")

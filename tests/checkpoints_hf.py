@@ -50,6 +50,16 @@ def hf_vit_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def hf_vit_encoder_dir(tmp_path_factory) -> Path:
+    """A bare ViTModel (no classification head; pooler output as its embedding), otherwise as hf_vit_dir."""
+    from transformers import ViTConfig, ViTModel
+
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64)
+    return _save(tmp_path_factory.mktemp("hf-vit-encoder"), config, ViTModel, _image_processor(32, 32))
+
+
+@pytest.fixture(scope="session")
 def hf_deit_dir(tmp_path_factory) -> Path:
     """DeiTForImageClassificationWithTeacher: class + distillation tokens and both heads, 32×32, patch 8."""
     from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher, DeiTImageProcessor

@@ -57,3 +57,15 @@ def resnet20_dir(resnet20_checkpoint, tmp_path_factory) -> Path:
     from compressor.architectures.cifar_resnet import convert_akamaster
 
     return convert_akamaster(resnet20_checkpoint, tmp_path_factory.mktemp("resnet20") / "resnet20")
+
+
+@pytest.fixture(scope="session")
+def paragraphs_calib() -> Path:
+    """64 real English passages (CPython's Language Reference; benchmarks/data/make_paragraphs.py), for training."""
+    return Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "paragraphs-calib.txt"
+
+
+@pytest.fixture(scope="session")
+def paragraphs_eval() -> Path:
+    """64 further passages from the same source, disjoint from paragraphs_calib, for evaluation."""
+    return Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "paragraphs-eval.txt"

@@ -109,7 +109,7 @@ def _cli(*args, launcher=(sys.executable,)):
 
 def test_two_cpu_processes_match_one_with_the_same_global_batch(vit_student, cifar10_train_parquet, tmp_path):
     args = ["distill", str(vit_student), "--data", str(cifar10_train_parquet), "--limit", "32", "--batch-size", "8",
-            "--steps", "3", "--lr", "0.001", "--quiet"]
+            "--steps", "3", "--lr", "0.001", "--log-every", "1", "--quiet"]
     one = _cli(*args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
     torchrun = Path(sys.executable).parent / "torchrun"
@@ -120,23 +120,32 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(vit_student, cif
     original = load_file(str(vit_student / "model.safetensors"))
     for key in weights_one:
         assert torch.allclose(weights_one[key], weights_two[key], atol=1e-5), key
+    steps = [json.loads(line)["step"] for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # written once by the main process: not two lone processes on the whole batch
     assert any(not torch.equal(weights_one[k], original[k]) for k in original)
 
 
 @pytest.fixture(scope="module")
 def detr_act_student(tmp_path_factory) -> Path:
-    """A small DETR with COCO's 91 class ids (as facebook/detr-resnet-50), compressed with coarse ACT."""
+    """A small DETR with COCO's 91 class ids (as facebook/detr-resnet-50), compressed with ACT at its coarsest; no dropout,
+    so that one process and two draw nothing at random differently."""
     from transformers import DetrForObjectDetection, DetrImageProcessor
 
     from tests.checkpoints_hf import small_detr_config
 
     config = small_detr_config()
-    config.num_labels = 91
+    config.num_labels, config.dropout = 91, 0.0
     torch.manual_seed(0)
     teacher_dir = tmp_path_factory.mktemp("detr") / "detr"
-    DetrForObjectDetection(config).save_pretrained(teacher_dir)
+    teacher = DetrForObjectDetection(config)
+    with torch.no_grad():  # random attention is near uniform, so clustering queries would change nothing: sharpen it
+        for layer in teacher.model.encoder.layers:
+            layer.self_attn.q_proj.weight.mul_(8)
+            layer.self_attn.k_proj.weight.mul_(8)
+    teacher.save_pretrained(teacher_dir)
     DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(teacher_dir)
-    result = compressor.compress(teacher_dir, "act", overrides=["act.rounds=2"], progress=False, latency_runs=1)
+    result = compressor.compress(teacher_dir, "act", overrides=["act.rounds=1", "act.bucket_width=1000"],
+                                 progress=False, latency_runs=1)  # one cluster per head: far from exact
     return compressor.save(result, teacher_dir.parent / "detr-act")
 
 
@@ -165,16 +174,19 @@ def _same_size_coco(folder: Path, count: int) -> Path:
 
 
 def test_detr_mtkd_in_two_cpu_processes_matches_one(detr_act_student, tmp_path):
+    """The MTKD losses (logits KL and the L2 between the two paths' boxes) are means over queries, so two halves of a
+    batch give the same gradient as the whole. DETR's Hungarian task loss is not (its class weights and box count
+    normalise per process), so it is off here; it is trained in the test above."""
     data = _same_size_coco(tmp_path / "coco", 4)
     args = ["distill", str(detr_act_student), "--data", str(data), "--batch-size", "4", "--steps", "2",
-            "--lr", "0.001", "--quiet"]
+            "--lr", "0.001", "--task-weight", "0", "--quiet"]
     one = _cli(*args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
     torchrun = Path(sys.executable).parent / "torchrun"
     two = _cli(*args, "--out", str(tmp_path / "two"), launcher=(str(torchrun), "--nproc_per_node", "2"))
     assert two.returncode == 0, two.stderr[-2000:]
     logged = json.loads((tmp_path / "two" / "log.jsonl").read_text().splitlines()[0])
-    assert logged["box_l2"] > 0  # the MTKD loss really ran in both processes
+    assert {"box_l2", "task_original"} <= set(logged)  # the original path ran beside the ACT path in each process
     weights_one = load_file(str(tmp_path / "one" / "best" / "model.safetensors"))
     weights_two = load_file(str(tmp_path / "two" / "best" / "model.safetensors"))
     original = load_file(str(detr_act_student / "model.safetensors"))

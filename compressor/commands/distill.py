@@ -24,7 +24,9 @@ class DistillCommand(Command):
         parser.add_argument("--teacher", metavar="SOURCE",
                             help="the teacher (default: the model STUDENT was compressed from)")
         add_data_arguments(parser, batch_size=DistillConfig.batch_size)
-        parser.add_argument("--eval-data", metavar="DATA", help="labelled data to pick the best checkpoint on")
+        parser.add_argument("--eval-data", metavar="DATA",
+                            help="data to pick the best checkpoint on: by its task metric, or for a model without "
+                                 "logits or unlabelled text (.txt paragraphs) by embedding cosine to the teacher")
         parser.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on N examples of --eval-data")
         parser.add_argument("--out", metavar="DIR", required=True,
                             help="where checkpoints, log.jsonl, distill.json and best/ go")
@@ -34,8 +36,9 @@ class DistillCommand(Command):
             if field.name == "batch_size":
                 continue
             default = getattr(defaults, field.name)
-            kind = float if isinstance(default, float) else int
+            kind = str if isinstance(default, str) else float if isinstance(default, float) else int
             parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=default,
+                                choices=DISTILL_PARAMS[field.name].choices,
                                 help=f"{DISTILL_PARAMS[field.name].help} (default {default})")
         parser.add_argument("--quiet", action="store_true")
         add_push_to_arguments(parser)

@@ -12,16 +12,11 @@ from pathlib import Path
 
 import torch
 
-from compressor.data.loading import image_column, open_dataset
+from compressor.data.loading import image_column, open_dataset, read_paragraphs
 from compressor.errors import SourceError
 from compressor.models.base import ModelAdapter
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-
-
-def _paragraphs(path: Path) -> list[str]:
-    blocks = [" ".join(block.split()) for block in path.read_text(encoding="utf-8").split("\n\n")]
-    return [block for block in blocks if block]
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -62,7 +57,7 @@ def read_examples(spec: str, want_text: bool, limit: int, seed: int = 0) -> list
     if path.is_file() and path.suffix.lower() == ".txt":
         if not want_text:
             raise SourceError(f"{path} is a text file but this model takes images; pass images or a dataset")
-        paragraphs = _paragraphs(path)
+        paragraphs = read_paragraphs(path)
         chosen = torch.randperm(len(paragraphs), generator=generator)[:limit].sort().values.tolist()
         return [paragraphs[i] for i in chosen]
     if not path.exists() and (spec.startswith((".", "/", "~")) or path.suffix):

@@ -7,7 +7,10 @@ DATA (the `--data` argument) is one of
   column named `label`/`labels`), or, for detection, an `objects` column holding `bbox` and `category` lists;
 - a folder of images with one sub-folder per class (datasets' `imagefolder`);
 - a COCO-format detection folder: the images plus `annotations/instances_*.json` (or that JSON file itself);
-- a Hub dataset id with an optional split, `uoft-cs/cifar10:test` or `detection-datasets/coco:val`.
+- a Hub dataset id with an optional split, `uoft-cs/cifar10:test` or `detection-datasets/coco:val`;
+- unlabelled text for text models: a `.txt` file of paragraphs separated by blank lines, or a table with a `text`
+  column and no image column. It has no task metric; it serves fidelity to a reference (embedding cosine) and
+  distillation.
 
 Detection ground truth is always held in COCO format (`LabelledData.coco`), so one evaluator (pycocotools) serves
 every source.
@@ -28,21 +31,23 @@ IMAGE_COLUMNS = ("img", "image")
 LABEL_COLUMNS = ("label", "labels", "fine_label")
 #: how the `objects.bbox` of known Hub detection datasets is written (the COCO default is x, y, width, height)
 HUB_BOX_FORMATS = {"detection-datasets/coco": "xyxy"}
-CLASSIFICATION, DETECTION = "image-classification", "object-detection"
+TEXT_COLUMN = "text"
+CLASSIFICATION, DETECTION, UNLABELLED = "image-classification", "object-detection", "unlabelled"
 
 
 @dataclass
 class LabelledData:
-    """A labelled dataset and what it holds: rows with an image and a class label, or images whose boxes are in
-    `coco` (row i is `coco["images"][i]`)."""
+    """A dataset and what it holds: rows with an image and a class label, images whose boxes are in `coco` (row i
+    is `coco["images"][i]`), or unlabelled rows of text (`text_column`)."""
 
     spec: str
     task: str
     dataset: Any  # datasets.Dataset
-    image_column: str
+    image_column: str | None
     label_column: str | None = None
     label_names: list[str] | None = None
     coco: dict | None = None
+    text_column: str | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -68,11 +73,23 @@ class LabelledData:
         """RGB PIL images of rows [start, stop)."""
         return [image.convert("RGB") for image in self.dataset[start:stop][self.image_column]]
 
+    def examples(self, start: int, stop: int) -> list:
+        """The raw model inputs of rows [start, stop): strings for text data, else RGB PIL images."""
+        if self.text_column is not None:
+            return list(self.dataset[start:stop][self.text_column])
+        return self.images(start, stop)
+
     def labels(self, start: int, stop: int) -> list[int]:
         return list(self.dataset[start:stop][self.label_column])
 
     def image_ids(self, start: int, stop: int) -> list[int]:
         return [image["id"] for image in self.coco["images"][start:stop]]
+
+
+def read_paragraphs(path: Path) -> list[str]:
+    """The paragraphs of a text file (separated by blank lines), each on one line."""
+    blocks = [" ".join(block.split()) for block in path.read_text(encoding="utf-8").split("\n\n")]
+    return [block for block in blocks if block]
 
 
 def _error_detail(error: BaseException) -> str:
@@ -103,16 +120,21 @@ def open_dataset(spec: str, split: str | None = None):
         logger.setLevel(level)
 
 
-def image_column(dataset, spec: str) -> str:
-    """The first `Image` feature, else a column named img/image."""
+def _image_columns(dataset) -> list[str]:
+    """The `Image` features, then any column named img/image."""
     from datasets import Image as ImageFeature
 
     names = list(dataset.features)
     found = [n for n in names if isinstance(dataset.features[n], ImageFeature)]
-    found += [n for n in IMAGE_COLUMNS if n in names and n not in found]
+    return found + [n for n in IMAGE_COLUMNS if n in names and n not in found]
+
+
+def image_column(dataset, spec: str) -> str:
+    """The first `Image` feature, else a column named img/image."""
+    found = _image_columns(dataset)
     if not found:
-        raise SourceError(f"data {spec} has no image column (columns: {', '.join(names)}); expected an Image "
-                          "feature or a column named img/image")
+        raise SourceError(f"data {spec} has no image column (columns: {', '.join(dataset.features)}); expected an "
+                          "Image feature or a column named img/image (or a `text` column for text models)")
     return found[0]
 
 
@@ -212,6 +234,20 @@ def coco_from_objects(dataset, column: str, box_format: str) -> dict:
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
+def _text_paragraphs(spec: str, path: Path) -> LabelledData:
+    import datasets
+
+    try:
+        paragraphs = read_paragraphs(path)
+    except (OSError, UnicodeDecodeError) as error:
+        raise SourceError(f"cannot read text data {spec} ({_error_detail(error)}); pass a UTF-8 .txt file of "
+                          "paragraphs separated by blank lines") from None
+    if not paragraphs:
+        raise SourceError(f"data {spec} holds no paragraphs; separate paragraphs by blank lines")
+    dataset = datasets.Dataset.from_dict({TEXT_COLUMN: paragraphs})
+    return LabelledData(spec, UNLABELLED, dataset, None, text_column=TEXT_COLUMN)
+
+
 def load_labelled(spec: str, *, split: str | None = None, box_format: str | None = None) -> LabelledData:
     """What `spec` holds, as classification rows or detection images with COCO ground truth."""
     path = Path(spec).expanduser()
@@ -221,9 +257,13 @@ def load_labelled(spec: str, *, split: str | None = None, box_format: str | None
     annotations = find_coco_annotations(path)
     if annotations is not None:
         return load_coco_folder(spec, annotations)
+    if path.is_file() and path.suffix.lower() == ".txt":
+        return _text_paragraphs(spec, path)
     dataset = open_dataset(spec, split)
     if len(dataset) == 0:
         raise SourceError(f"data {spec} is empty")
+    if TEXT_COLUMN in dataset.column_names and not _image_columns(dataset):
+        return LabelledData(spec, UNLABELLED, dataset, None, text_column=TEXT_COLUMN)
     column = image_column(dataset, spec)
     if "objects" in dataset.column_names:
         box_format = box_format or HUB_BOX_FORMATS.get(spec.partition(":")[0], "xywh")

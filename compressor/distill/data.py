@@ -1,4 +1,4 @@
-"""Labelled data as a torch Dataset whose batches the model's own processor prepares (in the DataLoader's collate,
+"""Training data (labelled images, COCO detection, or unlabelled text) as a torch Dataset whose batches the model's own processor prepares (in the DataLoader's collate,
 so accelerate shards and prefetches them like any DataLoader)."""
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from compressor.data.loading import CLASSIFICATION, LabelledData
+from compressor.data.loading import CLASSIFICATION, DETECTION, LabelledData
 from compressor.models.base import ModelAdapter
 
 
-class LabelledImages(Dataset):
-    """Row i: (RGB image, class label or the COCO annotations of image i)."""
+class Examples(Dataset):
+    """Row i: (raw example, target): an RGB image with its class label or its COCO annotations, or a text (or an
+    image) with no target (None) for unlabelled data."""
 
     def __init__(self, data: LabelledData):
         self.data = data
@@ -28,16 +29,21 @@ class LabelledImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         row = self.data.dataset[int(index)]
+        if self.data.text_column is not None:
+            return row[self.data.text_column], None
         image = row[self.data.image_column].convert("RGB")
         if self.data.task == CLASSIFICATION:
             return image, int(row[self.data.label_column])
+        if self.data.task != DETECTION:
+            return image, None
         image_id = self.data.coco["images"][int(index)]["id"]
         return image, {"image_id": image_id, "annotations": self.annotations[image_id]}
 
 
 class Collate:
-    """Batches of (model inputs, targets): class labels as a tensor, or DETR-style `labels` made by the processor
-    from COCO annotations (normalised cx, cy, w, h boxes and class ids, what transformers' DETR loss expects)."""
+    """Batches of (model inputs, targets): class labels as a tensor, DETR-style `labels` made by the processor
+    from COCO annotations (normalised cx, cy, w, h boxes and class ids, what transformers' DETR loss expects), or
+    None for unlabelled data (texts go through the model's tokenizer)."""
 
     def __init__(self, adapter: ModelAdapter, task: str, class_of_category: dict[int, int] | None = None):
         self.adapter, self.task = adapter, task
@@ -53,11 +59,13 @@ class Collate:
                 for _, target in batch]
 
     def __call__(self, batch: list[tuple[Any, Any]]) -> tuple[dict[str, torch.Tensor], Any]:
-        images = [image for image, _ in batch]
+        examples = [example for example, _ in batch]
         if self.task == CLASSIFICATION:
-            return self.adapter.prepare_inputs(images), torch.tensor([label for _, label in batch])
+            return self.adapter.prepare_inputs(examples), torch.tensor([label for _, label in batch])
+        if self.task != DETECTION:
+            return self.adapter.prepare_inputs(examples), None
         processor = self.adapter.processor if self.adapter.processor is not None else \
             self.adapter.default_image_processor()
-        encoded = processor(images=images, annotations=self._targets(batch), return_tensors="pt")
+        encoded = processor(images=examples, annotations=self._targets(batch), return_tensors="pt")
         labels = encoded.pop("labels")
         return dict(encoded), labels

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from compressor.distill.losses import EMBEDDING_LOSSES
+from compressor.errors import CompressorError
 from compressor.passes.base import Param
 
 #: the name of the training step in a recipe (`distill_stage: {distill: {...}}`)
@@ -26,7 +28,8 @@ class DistillConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     temperature: float = 2.0
-    kd_weight: float = 1.0
+    kd_weight: float = 1.0  # the output-matching loss: logits KL, or for a model without logits its embedding's
+    embedding_loss: str = "cosine"
     task_weight: float = 1.0
     feature_weight: float = 0.0
     box_weight: float = 1.0  # MTKD: L2 between the ACT path's boxes and the original path's
@@ -34,6 +37,12 @@ class DistillConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     eval_every: int | None = None
+
+    def __post_init__(self):
+        for name, param in _CONFIG_PARAMS.items():
+            if param.choices is not None and getattr(self, name) not in param.choices:
+                raise CompressorError(f"{name} {getattr(self, name)!r}: expected one of "
+                                      f"{', '.join(param.choices)}")
 
 
 _CONFIG_PARAMS: dict[str, Param] = {
@@ -46,8 +55,11 @@ _CONFIG_PARAMS: dict[str, Param] = {
     "weight_decay": Param("float", 0.0, "AdamW weight decay.", minimum=0),
     "warmup_steps": Param("int", 0, "Linear learning-rate warm-up steps.", minimum=0),
     "temperature": Param("float", 2.0, "Softmax temperature of the logits KL loss.", greater_than=0),
-    "kd_weight": Param("float", 1.0, "Weight of the KL loss between the student's and the teacher's logits.",
-                       minimum=0),
+    "kd_weight": Param("float", 1.0, "Weight of the output-matching loss: KL between the student's and the "
+                                     "teacher's logits, or for a model without logits (a bare encoder) the distance "
+                                     "between their embeddings.", minimum=0),
+    "embedding_loss": Param("str", "cosine", "For models without logits: the embedding distance, 1 − cosine or "
+                                             "MSE.", choices=EMBEDDING_LOSSES),
     "task_weight": Param("float", 1.0, "Weight of the task loss where labels exist (cross-entropy; DETR's "
                                        "Hungarian-matched loss).", minimum=0),
     "feature_weight": Param("float", 0.0, "Weight of the hidden-state MSE at matched layers (0: off).", minimum=0),

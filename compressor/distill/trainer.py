@@ -4,7 +4,8 @@ mixed precision or DeepSpeed/FSDP — whatever `accelerate launch` / `torchrun` 
 `batch_size` is the global batch: accelerate splits each batch across the processes (`split_batches`), so two
 processes compute the same gradients as one with the same global batch. The data order is a function of the seed
 and the epoch (accelerate's seedable sampler), which makes a run reproducible and lets `resume` continue from the
-last checkpoint (`accelerate` state: model, optimizer, scheduler, RNGs) exactly where a killed run stopped.
+last checkpoint (`accelerate` state: model, optimizer, scheduler, RNGs) exactly where a killed run stopped; each
+step's dropout is seeded from (seed, step, process), so it too is the same after a resume.
 
 Written to OUT: `checkpoints/step-N/` (accelerate state + trainer_state.json, the last two kept), `log.jsonl` (one
 JSON object per logged step and per evaluation), `best/` (the best student so far in the compressed-model format,
@@ -25,9 +26,9 @@ from typing import Any
 
 import torch
 
-from compressor.data.loading import CLASSIFICATION, DETECTION, LabelledData
-from compressor.distill.data import Collate, LabelledImages
-from compressor.distill.losses import box_l2, feature_mse, logits_kl
+from compressor.data.loading import CLASSIFICATION, DETECTION, UNLABELLED, LabelledData
+from compressor.distill.data import Collate, Examples
+from compressor.distill.losses import box_l2, embedding_distance, feature_mse, logits_kl
 from compressor.distill.settings import DistillConfig
 from compressor.errors import CompressorError
 from compressor.models.base import AttentionKernel
@@ -42,6 +43,14 @@ def on_step_end(step: int) -> None:
     """Called after every optimizer step (tests replace it to interrupt a run as a kill would)."""
 
 
+def _no_accelerator_device() -> bool:
+    """True on a CPU-only machine. accelerate treats `torchrun` processes as one CPU group (MULTI_CPU, gloo) only
+    when told `cpu=True`; without it (accelerate 1.15, a CUDA build of torch without a GPU) each process trained
+    alone on the whole batch."""
+    devices = getattr(torch, "accelerator", None)
+    return not (devices.is_available() if devices is not None else torch.cuda.is_available())
+
+
 def _set_kernels(model: torch.nn.Module, enabled: bool) -> None:
     for module in model.modules():
         if isinstance(module, AttentionKernel) and hasattr(module, "enabled"):
@@ -49,14 +58,20 @@ def _set_kernels(model: torch.nn.Module, enabled: bool) -> None:
 
 
 class LossComputer:
-    """The weighted distillation loss for one batch, and its parts (for the log)."""
+    """The weighted distillation loss for one batch, and its parts (for the log).
+
+    A model with logits learns the teacher's softened logits (`kd`) and the labels where data has them (`task`);
+    a bare encoder (no logits, e.g. a sentence embedder) learns the teacher's embedding (`embedding`: the adapter's
+    primary output, by cosine or MSE). Either may add `feature` MSE between matched hidden states.
+    """
 
     def __init__(self, student: LoadedModel, teacher: torch.nn.Module, data: LabelledData, config: DistillConfig):
         from compressor.evaluate.classification import class_columns, model_label_names
 
         self.adapter, self.teacher, self.task, self.config = student.adapter, teacher, data.task, config
+        self.headless = not student.adapter.has_head()
         self.columns = None
-        if data.task == CLASSIFICATION and config.task_weight > 0:
+        if data.task == CLASSIFICATION and config.task_weight > 0 and not self.headless:
             outputs = len(model_label_names(student.model) or []) or None
             if outputs is not None:
                 self.columns = class_columns(model_label_names(student.model), outputs, data.label_names)
@@ -70,30 +85,36 @@ class LossComputer:
         if self.task == DETECTION:
             outputs = model(**inputs, labels=targets, **hidden)
             student_logits, teacher_logits = outputs.logits, teacher_outputs.logits
-            parts["task"] = outputs.loss
+            parts["task"] = outputs.loss * config.task_weight
             if config.box_weight > 0:  # MTKD: the original (exact attention) path, trained together
                 _set_kernels(model, False)
                 try:
                     original = model(**inputs, labels=targets)
                 finally:
                     _set_kernels(model, True)
-                parts["task_original"] = original.loss
+                parts["task_original"] = original.loss * config.task_weight
                 parts["box_l2"] = box_l2(outputs.pred_boxes, original.pred_boxes) * config.box_weight
         else:
             outputs = model(**inputs, **hidden)
             student_logits = self.adapter.primary_output(outputs, inputs)
             teacher_logits = self.adapter.primary_output(teacher_outputs, inputs)
-            if config.task_weight > 0:
+            if config.task_weight > 0 and self.task == CLASSIFICATION and not self.headless:
                 logits = student_logits[:, self.columns] if self.columns is not None else student_logits
                 parts["task"] = torch.nn.functional.cross_entropy(logits, targets) * config.task_weight
-        if config.kd_weight > 0:
+        if config.kd_weight > 0 and self.headless:
+            parts["embedding"] = embedding_distance(student_logits, teacher_logits, config.embedding_loss) * \
+                config.kd_weight
+        elif config.kd_weight > 0:
             parts["kd"] = logits_kl(student_logits, teacher_logits, config.temperature) * config.kd_weight
         if config.feature_weight > 0:
             if getattr(outputs, "hidden_states", None) is None:
                 raise CompressorError("feature distillation needs hidden states; this model does not return them "
                                       "(set feature_weight to 0)")
-            parts["feature"] = feature_mse(outputs.hidden_states, teacher_outputs.hidden_states) * \
-                config.feature_weight
+            parts["feature"] = feature_mse(outputs.hidden_states, teacher_outputs.hidden_states,
+                                           inputs.get("attention_mask")) * config.feature_weight
+        if not parts:
+            raise CompressorError("every distillation loss has weight 0 for this model and data; raise "
+                                  "--kd-weight (or --feature-weight)")
         total = sum(parts.values())
         return total, {name: float(value.detach()) for name, value in parts.items()}
 
@@ -112,10 +133,18 @@ def latest_checkpoint(out: Path) -> Path | None:
     return max(folders, key=lambda p: int(p.name.split("-")[1])) if folders else None
 
 
+def _scores(result: dict) -> dict[str, float]:
+    """An evaluation's task metrics and fidelity to the teacher, in one flat record."""
+    return {**result["metrics"], **(result.get("fidelity") or {})}
+
+
 def _headline(result: dict) -> float | None:
+    """What picks the best checkpoint: the task's metric (top-1, AP), else the embedding cosine to the teacher."""
     from compressor.sweep import HEADLINE
 
-    return result["metrics"].get(HEADLINE[result["task"]])
+    if result["metrics"]:
+        return result["metrics"].get(HEADLINE[result["task"]])
+    return _scores(result).get("cosine")
 
 
 class Distiller:
@@ -128,6 +157,10 @@ class Distiller:
         if student.compression is None or student.directory is None:
             raise CompressorError(f"{student.source} is not a directory written by compress; distill a compressed "
                                   "model (the best student is saved in the same format)")
+        from compressor.evaluate.runner import check_modality
+
+        for item in (data, eval_data) if eval_data is not None else (data,):
+            check_modality(student, item)
         self.student, self.teacher, self.data, self.out = student, teacher, data, Path(out)
         self.config, self.eval_data, self.progress, self.recipe = config, eval_data, progress, recipe
 
@@ -155,7 +188,8 @@ class Distiller:
 
         was_training = model.training
         view = LoadedModel(model, self.student.adapter, self.student.source, self.student.base_model)
-        result = evaluate(view, self.eval_data, progress=False)
+        no_task_metric = self.eval_data.task == UNLABELLED or not self.student.adapter.has_head()
+        result = evaluate(view, self.eval_data, reference=self.teacher if no_task_metric else None, progress=False)
         model.train(was_training)
         return result
 
@@ -178,14 +212,17 @@ class Distiller:
 
     # --- the loop ------------------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
-        from accelerate import Accelerator, DataLoaderConfiguration
+        from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
         from accelerate.utils import set_seed
         from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
 
         config = self.config
-        accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(
-            split_batches=True, use_seedable_sampler=True, data_seed=config.seed))
+        # a student may hold parameters its loss never reaches (a bare BERT's pooler when its embedding is the
+        # mean of the tokens): DDP must then be told, or the second step fails
+        accelerator = Accelerator(cpu=_no_accelerator_device(), dataloader_config=DataLoaderConfiguration(
+            split_batches=True, use_seedable_sampler=True, data_seed=config.seed),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         if config.batch_size % accelerator.num_processes:
             raise CompressorError(f"--batch-size {config.batch_size} (the global batch) must be a multiple of the "
                                   f"{accelerator.num_processes} processes")
@@ -198,7 +235,7 @@ class Distiller:
         model, teacher = self.student.model, self.teacher.model
         teacher.eval().requires_grad_(False).to(accelerator.device)
         model.train()
-        loader = DataLoader(LabelledImages(self.data), batch_size=config.batch_size, shuffle=True, drop_last=True,
+        loader = DataLoader(Examples(self.data), batch_size=config.batch_size, shuffle=True, drop_last=True,
                             collate_fn=Collate(self.student.adapter, self.data.task, self._class_of_category()))
         if len(loader) == 0:
             raise CompressorError(f"{self.data.spec}: {len(self.data)} examples make no batch of "
@@ -219,8 +256,8 @@ class Distiller:
             (self.out / "log.jsonl").unlink(missing_ok=True)
             if self.eval_data is not None:
                 before = self._evaluate(accelerator.unwrap_model(model))
-                state["before"] = before["metrics"]
-                self._log(accelerator, {"step": 0, "eval": before["metrics"]})
+                state["before"] = _scores(before)
+                self._log(accelerator, {"step": 0, "eval": state["before"]})
 
         started, seen = time.perf_counter(), 0
         bar = tqdm(total=total, initial=state["step"], unit="step", desc="distill", file=sys.stderr,
@@ -230,6 +267,11 @@ class Distiller:
             loader.set_epoch(epoch)
             batches = accelerator.skip_first_batches(loader, offset) if offset else loader
             for inputs, targets in batches:
+                # the step's own randomness (dropout) depends on the seed, the step and the process only, so a
+                # resumed run draws what the uninterrupted one did (iterating a DataLoader also draws from the
+                # global generator, at different points when resuming mid-epoch)
+                torch.manual_seed(config.seed * 1_000_003 + state["step"] * accelerator.num_processes +
+                                  accelerator.process_index)
                 loss, parts = losses(model, inputs, targets)
                 accelerator.backward(loss)
                 optimizer.step()
@@ -268,7 +310,7 @@ class Distiller:
             result = self._evaluate(unwrapped)
             metric = _headline(result) if result is not None else None
             if result is not None:
-                self._log(accelerator, {"step": state["step"], "eval": result["metrics"]})
+                self._log(accelerator, {"step": state["step"], "eval": _scores(result)})
             if result is None or state["best"] is None or (metric is not None and metric > state["best"]):
                 state["best"], state["best_step"] = metric, state["step"]
                 self._save_best(unwrapped, self._summary(state, None, None))

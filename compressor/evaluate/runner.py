@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from compressor.data.loading import CLASSIFICATION, DETECTION, LabelledData
+from compressor.data.loading import CLASSIFICATION, DETECTION, UNLABELLED, LabelledData
 from compressor.errors import CompressorError
 from compressor.evaluate.classification import TopKAccuracy, class_columns, model_label_names
 from compressor.evaluate.coco import category_ids, coco_box_ap, to_coco_results
@@ -65,6 +65,16 @@ class _DetectionScorer:
 SCORERS = {CLASSIFICATION: _ClassificationScorer, DETECTION: _DetectionScorer}
 
 
+def check_modality(loaded: LoadedModel, data: LabelledData) -> None:
+    """Text data for text models, images for the rest: one clear line otherwise."""
+    text_model = loaded.adapter.token_layout().text
+    if data.text_column is not None and not text_model:
+        raise CompressorError(f"{data.spec} holds text but {loaded.source} takes images; pass image data")
+    if data.text_column is None and text_model:
+        raise CompressorError(f"{data.spec} holds images but {loaded.source} is a text model; pass a .txt file of "
+                              "paragraphs separated by blank lines, or a table with a `text` column")
+
+
 def _check_task(loaded: LoadedModel, data: LabelledData) -> None:
     task = loaded.adapter.task
     if data.task == DETECTION and task != DETECTION:
@@ -73,28 +83,46 @@ def _check_task(loaded: LoadedModel, data: LabelledData) -> None:
         raise CompressorError(f"{data.spec} is classification data but {loaded.source} is a {task} model")
 
 
+def task_scorer(loaded: LoadedModel, data: LabelledData, reference: LoadedModel | None):
+    """The scorer of the task metric, or None when only fidelity can be measured: unlabelled data, or a bare
+    encoder without a task head (e.g. a sentence-embedding BERT or a ViTModel)."""
+    if data.task != UNLABELLED and loaded.adapter.has_head():
+        _check_task(loaded, data)
+        return SCORERS[data.task](loaded, data)
+    if reference is None:
+        what = f"{data.spec} has no labels" if data.task == UNLABELLED else \
+            f"{loaded.source} has no task head (a bare encoder)"
+        raise CompressorError(f"{what}, so only fidelity can be measured: pass --reference ORIGINAL (e.g. the model "
+                              "it was compressed from) for embedding cosine")
+    return None
+
+
 @torch.no_grad()
 def evaluate(loaded: LoadedModel, data: LabelledData, *, reference: LoadedModel | None = None,
              batch_size: int = 32, progress: bool = True) -> dict[str, Any]:
-    """Task metrics (top-1/top-5, or COCO box AP) and, with a reference, fidelity to it; plus wall time."""
+    """Task metrics (top-1/top-5, or COCO box AP) and, with a reference, fidelity to it; plus wall time.
+
+    Unlabelled data (text paragraphs) and headless models have no task metric: fidelity to the reference only.
+    """
     from tqdm.auto import tqdm
 
-    _check_task(loaded, data)
-    scorer = SCORERS[data.task](loaded, data)
-    fidelity = FidelityMeter() if reference is not None else None
-    models = [loaded] + ([reference] if reference is not None else [])
-    for item in models:
+    for item in [loaded] + ([reference] if reference is not None else []):
+        check_modality(item, data)
         item.model.eval()
+    scorer = task_scorer(loaded, data, reference)
+    fidelity = FidelityMeter() if reference is not None else None
     started = time.perf_counter()
-    with tqdm(total=len(data), unit="img", desc="evaluate", disable=not progress, file=sys.stderr) as bar:
+    unit = "text" if data.text_column is not None else "img"
+    with tqdm(total=len(data), unit=unit, desc="evaluate", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(data), batch_size):
             stop = min(start + batch_size, len(data))
-            images = data.images(start, stop)
-            inputs = loaded.adapter.prepare_inputs(images)
+            examples = data.examples(start, stop)
+            inputs = loaded.adapter.prepare_inputs(examples)
             outputs = loaded.model(**inputs)
-            scorer.update(outputs, inputs, start, stop, images)
+            if scorer is not None:
+                scorer.update(outputs, inputs, start, stop, examples)
             if fidelity is not None:
-                reference_inputs = reference.adapter.prepare_inputs(images)
+                reference_inputs = reference.adapter.prepare_inputs(examples)
                 reference_outputs = reference.model(**reference_inputs)
                 fidelity.update(data.task, loaded.adapter.primary_output(outputs, inputs),
                                 reference.adapter.primary_output(reference_outputs, reference_inputs),
@@ -107,7 +135,7 @@ def evaluate(loaded: LoadedModel, data: LabelledData, *, reference: LoadedModel 
         "data": data.spec,
         "task": data.task,
         "examples": len(data),
-        "metrics": scorer.result(),
+        "metrics": scorer.result() if scorer is not None else {},
         "reference": reference.source if reference is not None else None,
         "fidelity": fidelity.result() if fidelity is not None else None,
         "seconds": round(seconds, 3),
@@ -123,6 +151,7 @@ def format_evaluation(result: dict[str, Any]) -> str:
     if result.get("fidelity"):
         lines.append(("reference", result["reference"]))
         lines += [(name, f"{value:.6g}") for name, value in result["fidelity"].items()]
-    lines.append(("time", f"{result['seconds']:.1f} s ({result['images_per_second']} images/s)"))
+    unit = "examples" if result["task"] == UNLABELLED else "images"
+    lines.append(("time", f"{result['seconds']:.1f} s ({result['images_per_second']} {unit}/s)"))
     width = max(len(name) for name, _ in lines)
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in lines)

@@ -210,6 +210,11 @@ class ModelAdapter(ABC):
         preprocessing (`self.processor`, or the family's documented defaults when none is known)."""
 
     # ----------------------------------------------------------------------------------------------------------
+    def has_head(self) -> bool:
+        """False for a bare backbone or encoder (no logits): it is measured by fidelity to a reference and
+        distilled on its embedding, since it has no task metric or task loss."""
+        return True
+
     def remove_attention_kernel(self, site: AttentionSite) -> None:
         """Undo `install_attention_kernel`: the site computes exact attention again.
 

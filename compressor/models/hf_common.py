@@ -203,6 +203,11 @@ class HFAdapter(ModelAdapter):
             self.model.set_attn_implementation({"": ATTENTION_IMPLEMENTATION})
 
     # --- outputs -------------------------------------------------------------------------------------------------
+    def has_head(self) -> bool:
+        """transformers names task classes `...For<Task>` (BertForSequenceClassification) and bare encoders
+        `...Model` (BertModel, ViTModel)."""
+        return "For" in type(self.model).__name__
+
     @staticmethod
     def head_output(outputs: Any) -> torch.Tensor | None:
         """A task head's prediction as (batch, features): `logits`, else every `*logits` field concatenated."""

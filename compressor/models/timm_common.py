@@ -124,6 +124,9 @@ class TimmAdapter(ModelAdapter):
         transform = create_transform(**self.data_config(), is_training=False)
         return {"x": torch.stack([transform(image.convert("RGB")) for image in examples])}
 
+    def has_head(self) -> bool:
+        return getattr(self.model, "num_classes", 1) > 0
+
     def primary_output(self, outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The logits; pooled features for a model built with num_classes=0 (its head is then the identity).
 
