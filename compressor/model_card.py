@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from compressor.report import pass_cost
+
 #: report entries shaped {"before": x, "after": y} that get their own row, in this order, with their unit
 _COST_ROWS = (("params", "parameters", "M", 1e-6), ("flops", "FLOPs", "G", 1e-9), ("latency_ms", "latency", "ms", 1))
 
@@ -105,7 +107,7 @@ def _pass_lines(report: dict[str, Any]) -> str:
     for entry in report["passes"]:
         summary = "; ".join(f"{key} {value}" for key, value in entry.get("summary", {}).items())
         lines.append(f"- `{entry['name']}` ({entry['stage']}) on {len(entry['sites'])} sites"
-                     + (f": {summary}" if summary else ""))
+                     + (f" ({pass_cost(entry)})" if pass_cost(entry) else "") + (f": {summary}" if summary else ""))
     return "\n".join(lines) or "- no passes"
 
 

@@ -10,17 +10,18 @@ import copy
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from compressor.evaluate.cost import count_flops, count_parameters, interleaved_latency_ms
 from compressor.evaluate.fidelity import mean_cosine, primary_outputs
+from compressor.pass_order import check_pass_order, check_shared_sites
 from compressor.passes import PASSES, Pass, PassContext
 from compressor.passes.targets import select_sites
 from compressor.recipe import PassSpec, Recipe
-from compressor.report import environment
+from compressor.report import attribute_costs, environment
 from compressor.sources import LoadedModel, load_source
 
 
@@ -78,11 +79,16 @@ def sites_for(rewriter: Pass, spec: PassSpec, loaded: LoadedModel) -> list:
 
 
 def check_recipe_fits(loaded: LoadedModel, recipe: Recipe) -> None:
-    """Every pass finds its sites, and no two passes replace the same thing at one site (before anything slow)."""
+    """Every pass finds its sites, no two passes replace the same thing at one site, and no pass follows one it
+    cannot (before anything slow)."""
+    check_pass_order(recipe)
     claimed: dict[tuple[str, str], PassSpec] = {}
+    chosen: list[tuple[PassSpec, Pass, list]] = []
     for spec in recipe.passes():
         rewriter = PASSES[spec.name]()
-        for site in sites_for(rewriter, spec, loaded):
+        sites = sites_for(rewriter, spec, loaded)
+        chosen.append((spec, rewriter, sites))
+        for site in sites:
             if rewriter.replaces is None:
                 continue
             earlier = claimed.setdefault((site.name, rewriter.replaces), spec)
@@ -92,13 +98,16 @@ def check_recipe_fits(loaded: LoadedModel, recipe: Recipe) -> None:
                 raise RecipeError(f"passes conflict: {earlier.stage}.{earlier.name} and {spec.stage}.{spec.name} "
                                   f"both replace the {rewriter.replaces.replace('_', ' ')} of {site.name}; "
                                   "use targets/ignore so that each site is rewritten by one of them")
+    check_shared_sites(loaded.adapter, chosen)
 
 
 def apply_recipe(loaded: LoadedModel, recipe: Recipe, seed: int, context: PassContext | None = None,
-                 progress: bool = True) -> tuple[Recipe, list[AppliedPass]]:
+                 progress: bool = True, after_each: Callable[[AppliedPass], None] | None = None,
+                 ) -> tuple[Recipe, list[AppliedPass]]:
     """Run every pass of `recipe` on `loaded.model` in place; returns the recipe with every plan filled in.
 
     Without a context (reload), each spec must carry its plan, and only the deterministic rewrite runs.
+    `after_each` sees the model right after each pass (to measure what that pass saved).
     """
     check_recipe_fits(loaded, recipe)
     applied = []
@@ -114,6 +123,8 @@ def apply_recipe(loaded: LoadedModel, recipe: Recipe, seed: int, context: PassCo
         if planned:
             rewriter.initialise(loaded.adapter, sites, spec.params, plan, context or PassContext(seed=seed))
         applied.append(AppliedPass(spec, rewriter, sites, plan))
+        if after_each is not None:
+            after_each(applied[-1])
     return recipe.with_plans([item.plan for item in applied]), applied
 
 
@@ -165,16 +176,18 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
     calibration_reference = primary_outputs(model, adapter, calibration) if calibration else None
 
     context = PassContext(seed=seed, calibration=calibration, progress=progress, calibration_source=calib)
-    resolved, applied = apply_recipe(loaded, recipe, seed, context, progress)
+    costs = [(params_before, flops_before)]  # after each pass, on the same example: savings per pass add up
+    resolved, applied = apply_recipe(loaded, recipe, seed, context, progress, after_each=lambda _: costs.append(
+        (count_parameters(model), count_flops(model, example))))
 
     log("measuring the compressed model", progress)
-    flops_after = count_flops(model, example)
+    params_after, flops_after = costs[-1]
     fidelity = {"example_cosine": mean_cosine(reference, primary_outputs(model, adapter, [example]))}
     if calibration:
         fidelity["calibration_cosine"] = mean_cosine(calibration_reference,
                                                      primary_outputs(model, adapter, calibration))
     statistics_batches = calibration or [example]
-    passes = _pass_statistics(applied, loaded, statistics_batches)
+    passes = attribute_costs(_pass_statistics(applied, loaded, statistics_batches), costs)
     latency_before, latency_after = interleaved_latency_ms([original, model], example, runs=latency_runs)
     del original
 
@@ -189,7 +202,7 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
                                                      input_size is None else " (synthetic example)"),
         "calibration": {"data": calib, "examples": sum(len(next(iter(b.values()))) for b in calibration)}
         if calibration else None,
-        "params": {"before": params_before, "after": count_parameters(model)},
+        "params": {"before": params_before, "after": params_after},
         "flops": {"before": flops_before, "after": flops_after},
         "latency_ms": {"before": latency_before, "after": latency_after, "runs": latency_runs},
         "fidelity": fidelity,

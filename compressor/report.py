@@ -30,6 +30,25 @@ def environment() -> dict[str, Any]:
     }
 
 
+def attribute_costs(entries: list[dict[str, Any]], costs: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Give each pass entry the params and FLOPs before and after it: `costs` holds (params, FLOPs) of the model
+    before the first pass and after each one, so consecutive passes share a measurement and savings add up."""
+    for entry, before, after in zip(entries, costs, costs[1:]):
+        entry["params"] = {"before": before[0], "after": after[0]}
+        entry["flops"] = {"before": before[1], "after": after[1]}
+    return entries
+
+
+def pass_cost(entry: dict[str, Any]) -> str:
+    """What one pass saved, in a line: `params 2.690 M → 1.880 M (×0.699), FLOPs ...` (empty for older reports)."""
+    parts = []
+    for key, label, unit in (("params", "params", _millions), ("flops", "FLOPs", _giga)):
+        if key in entry:
+            before, after = entry[key]["before"], entry[key]["after"]
+            parts.append(f"{label} {unit(before)} → {unit(after)} ({_ratio(before, after)})")
+    return ", ".join(parts)
+
+
 def _ratio(before: float, after: float) -> str:
     return f"×{after / before:.3f}" if before else "-"
 
@@ -62,6 +81,8 @@ def format_table(report: dict[str, Any]) -> str:
     for entry in report.get("passes", []):
         lines.append("")
         lines.append(f"{entry['name']} ({entry['stage']}): {len(entry['sites'])} sites")
+        if pass_cost(entry):
+            lines.append(f"  {pass_cost(entry)}")
         for key, value in entry.get("summary", {}).items():
             lines.append(f"  {key}: {value}")
     if report.get("distillation"):

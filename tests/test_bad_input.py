@@ -142,6 +142,8 @@ CASES = {
     "conflicting passes": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(
         w, ACT + "    rounds: 4\nrefine_stage:\n  act:\n    targets: ['vit.layers.1.*']\n")),
                            "passes conflict: compress_stage.act and refine_stage.act"),
+    "passes in an order that cannot work": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(
+        w, ACT + "    rounds: 4\n  prune:\n")), "compress_stage.prune (line 5) runs after compress_stage.act (line 3)"),
     "calibration needed": (lambda w, f: _compress(f["vit"], "--recipe", "act-calibrated"), "--calib"),
     # models
     "missing model": (lambda w, f: _compress(w / "no-such-model", "--recipe", "act"), "no such model directory"),

@@ -105,6 +105,9 @@ class Pass(ABC):
     #: what the pass replaces outright at a site (e.g. "attention_kernel"); two passes replacing the same thing at
     #: the same site conflict, and the recipe is rejected before anything runs
     replaces: ClassVar[str | None] = None
+    #: passes this one cannot run after anywhere in the same recipe, each with the reason (one line, saying which
+    #: order works); checked before anything runs (`compressor.pass_order`)
+    cannot_follow: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def all_params(cls) -> dict[str, Param]:
@@ -140,6 +143,11 @@ class Pass(ABC):
 
         Never called on reload, where every weight comes from the saved file (tied weights fitted here).
         """
+
+    def conflict(self, adapter: ModelAdapter, sites: list, params: dict[str, Any], other: Pass,
+                 other_sites: list) -> str | None:
+        """Why this pass cannot share the model with `other` at these sites, in either order (None: it can)."""
+        return None
 
     def statistics(self, adapter: ModelAdapter, sites: list) -> dict[str, Any]:
         """Numbers for the report, gathered after a forward pass of the rewritten model."""

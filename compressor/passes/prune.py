@@ -30,6 +30,13 @@ class PrunePass(Pass):
     name = "prune"
     summary = "Structural pruning (Torch-Pruning): remove attention heads or head dims, FFN width, conv channels."
     site_kind = "block"
+    cannot_follow = {
+        "act": "ACT's attention kernels are sized for the unpruned heads; put prune first, before act",
+        "tied_weights": "a tied layer borrows its pair's weight, which Torch-Pruning's dependency graph cannot "
+                        "follow (a ViT is left unpruned, a ResNet no longer runs); put prune before tied_weights",
+        "token_clip": "Torch-Pruning's dependency search does not end (over 20 min on a 4-layer ViT) through the "
+                      "gathers and scatters of clipping; put prune before token_clip",
+    }
     params = {
         "ratio": Param("float", 0.3, "Fraction of the channels removed from every pruned width (per layer; over "
                        "the whole model with `global_ranking`). 0 leaves the model unchanged.",

@@ -14,8 +14,8 @@ from typing import Any
 from compressor.errors import RecipeError
 from compressor.models.base import BlockSite, ModelAdapter
 from compressor.ops.token_reduction import ClipStep
-from compressor.passes.base import Param
-from compressor.passes.token_reduction import TokenReductionPass
+from compressor.passes.base import Param, Pass
+from compressor.passes.token_reduction import ONE_REDUCER, TokenReductionPass
 
 #: where EViT clips a 12-layer ViT (after blocks 4, 7 and 10), as fractions of the depth
 EVIT_DEPTHS = (0.25, 0.5, 0.75)
@@ -23,6 +23,7 @@ EVIT_DEPTHS = (0.25, 0.5, 0.75)
 
 class TokenClipPass(TokenReductionPass):
     name = "token_clip"
+    cannot_follow = {"token_merge": ONE_REDUCER}
     summary = "EViT-style clipping: keep the most attended tokens at chosen blocks, drop or fuse the rest."
     method = "clip"
     params = {
@@ -53,6 +54,19 @@ class TokenClipPass(TokenReductionPass):
 
     def step(self, entry: dict[str, Any], params: dict[str, Any]) -> ClipStep:
         return ClipStep(float(entry["keep_ratio"]), bool(params["fuse"]))
+
+    def conflict(self, adapter: ModelAdapter, sites: list[BlockSite], params: dict[str, Any], other: Pass,
+                 other_sites: list) -> str | None:
+        """Ranking by mean attention needs the attention matrix, which an attention kernel (act) never forms."""
+        if other.replaces != "attention_kernel" or self.importance(adapter, params) != "mean":
+            return None
+        for site in sites:
+            inside = [s.name for s in other_sites if s.name.startswith(site.name + ".")]
+            if inside:
+                return (f"token_clip ranks the tokens of {site.name} by the mean attention they receive, which "
+                        f"needs the full attention matrix {other.name}'s attention kernel never forms at {inside[0]}; "
+                        "leave that layer out of one of the two passes (targets/ignore)")
+        return None
 
     def importance(self, adapter: ModelAdapter, params: dict[str, Any]) -> str:
         has_cls = adapter.token_layout().prefix_tokens[:1] == ("cls",)

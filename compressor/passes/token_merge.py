@@ -11,11 +11,12 @@ from typing import Any
 from compressor.models.base import BlockSite, ModelAdapter
 from compressor.ops.token_reduction import MergeStep
 from compressor.passes.base import Param
-from compressor.passes.token_reduction import TokenReductionPass
+from compressor.passes.token_reduction import ONE_REDUCER, TokenReductionPass
 
 
 class TokenMergePass(TokenReductionPass):
     name = "token_merge"
+    cannot_follow = {"token_clip": ONE_REDUCER}
     summary = "ToMe: merge the r most similar token pairs after every block's attention, proportional attention."
     method = "merge"
     params = {

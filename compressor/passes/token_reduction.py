@@ -14,6 +14,10 @@ from compressor.ops.token_reduction import ClipStep, MergeStep, ScheduledTokenRe
 from compressor.ops.window_tokens import WindowTokenReducer
 from compressor.passes.base import Pass, PassContext
 
+#: why token_merge and token_clip exclude each other, in either order
+ONE_REDUCER = ("both drive the model's one token reducer, so they cannot run on the same model; keep one of the two "
+               "passes")
+
 
 class TokenReductionPass(Pass):
     site_kind = "block"
