@@ -108,3 +108,11 @@ def test_the_python_api_runs_the_distill_step_like_the_cli(resnet20, cifar10_tra
     out = compressor.distill_and_save(result, tmp_path / "api", data=str(cifar10_train_parquet), progress=False)
     assert json.loads((out / "report.json").read_text())["distillation"]["steps"] == 3
     assert Recipe.load(str(out / "recipe.yaml")).distill().params["data"] == str(cifar10_train_parquet)
+
+
+def test_data_paths_are_taken_as_given_not_read_as_yaml(tmp_path):
+    from compressor.distill.recipe_stage import resolve_distill_step
+
+    recipe = resolve_distill_step(Recipe.from_yaml(RECIPE), tmp_path / "out", data="2024", eval_data="yes: no",
+                                  skip=False, overwrite=False)
+    assert recipe.distill().params["data"] == "2024" and recipe.distill().params["eval_data"] == "yes: no"

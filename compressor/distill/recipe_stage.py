@@ -9,6 +9,7 @@ holding the best student; the checkpoints are removed then. A run that was stopp
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -46,9 +47,11 @@ def resolve_distill_step(recipe: Recipe, out: Path, *, data: str | None, eval_da
         return recipe
     if skip:
         return recipe.without_distill()
-    recipe = recipe.with_overrides([f"{spec.stage}.{DISTILL}.{key}={value}" for key, value in
-                                    (("data", data), ("eval_data", eval_data)) if value is not None])
+    recipe = copy.deepcopy(recipe)  # paths are set as given, not read as YAML as `--set` values are
     params = recipe.distill().params
+    for key, value in (("data", data), ("eval_data", eval_data)):
+        if value is not None:
+            params[key] = value
     if params["data"] is None:
         raise CompressorError(f"{recipe.source} ends with a {DISTILL} step, which needs training data: give --data "
                               "DATA (e.g. ../shared/data/cifar10/train.parquet) or --set distill.data=DATA; or "
@@ -56,12 +59,9 @@ def resolve_distill_step(recipe: Recipe, out: Path, *, data: str | None, eval_da
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise CompressorError(f"compress runs its {DISTILL} step in one process; to train on several, compress "
                               f"with --no-distill, then `accelerate launch cli.py {DISTILL} OUT --data DATA ...`")
-    work = training_directory(out)
-    if work.exists():
-        if not overwrite:
-            raise CompressorError(f"{work} holds an earlier training run; continue it with `{resume_command(out)}`, "
-                                  "or pass --overwrite to start again")
-        shutil.rmtree(work)
+    if training_directory(out).exists() and not overwrite:
+        raise CompressorError(f"{training_directory(out)} holds an earlier training run; continue it with "
+                              f"`{resume_command(out)}`, or pass --overwrite to start again")
     return recipe
 
 
@@ -77,6 +77,7 @@ def run_distill_step(result, out: Path, *, progress: bool = True, overwrite: boo
 
     params = result.recipe.distill().params
     work = training_directory(out)
+    shutil.rmtree(work, ignore_errors=True)  # an earlier run, which --overwrite allowed to replace
     save(result, work / STUDENT)
     log(f"{DISTILL}: training in {work} (if stopped, continue with `{resume_command(out)}`)", progress)
     student = load_source(str(work / STUDENT))
