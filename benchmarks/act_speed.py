@@ -13,7 +13,9 @@ hits both sides alike; the medians are reported. ACT's time is broken down into 
 means, attention, and gathering back, so the overhead of clustering is visible. Page faults per call are
 recorded for each side too: a fresh multi-megabyte allocation that the allocator takes from the OS costs about
 3 µs per 4 KiB page on first touch, enough to swing a ratio, so a run where one side faults and the other does
-not is visibly perturbed.
+not is visibly perturbed. As in `timeit`, Python's garbage collector is off while timing: a collection that lands
+in one side's call costs it milliseconds that depend on the whole process's heap, not on that side. As in `timeit`, Python's garbage collector is off while timing (a collection that
+lands in one side's call costs it milliseconds that depend on the whole process's heap, not on the side).
 
     .venv/bin/python benchmarks/act_speed.py [--runs 31] [--tokens 4200] [--layouts hf,contiguous]
                                              [--out benchmarks/results/act_speed.json]
@@ -22,6 +24,8 @@ not is visibly perturbed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import resource
@@ -37,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compressor.ops import ACTKernel  # noqa: E402
-from compressor.ops.clustered_attention import ClusterLayout, TokenTable  # noqa: E402
+from compressor.ops.clustered_attention import TokenTable, query_prototypes  # noqa: E402
 
 HEADS, HEAD_DIM = 8, 32  # DETR d_model 256
 ROUNDS = 32  # the paper's L
@@ -69,17 +73,18 @@ def act_stages(kernel: ACTKernel, query, key, value) -> tuple[dict, dict]:
 
     def hash_and_cluster():
         state["table"] = TokenTable.of(query)
-        state["clusters"] = clusters = kernel.clusters_of(query)
-        state["layout"] = ClusterLayout.build(clusters.ids, clusters.num_clusters, clusters.members)
+        state["clusters"] = kernel.clusters_of(query, None, "act_query_clusters")
 
     def prototype_means():
-        state["prototypes"] = state["layout"].means(state["table"]).view(1, HEADS, -1, HEAD_DIM)
+        prototypes, state["gather_index"] = query_prototypes(state["clusters"], state["table"],
+                                                                "act_query_prototypes")
+        state["prototypes"] = prototypes.view(1, HEADS, -1, HEAD_DIM)
 
     def attention():
         state["prototype_outputs"] = F.scaled_dot_product_attention(state["prototypes"], key, value)
 
     def gather():
-        state["output"] = state["layout"].broadcast(state["prototype_outputs"].reshape(-1, HEAD_DIM), state["table"])
+        state["output"] = state["table"].gather(state["prototype_outputs"].reshape(-1, HEAD_DIM), state["gather_index"])
 
     return dict(zip(STAGES, (hash_and_cluster, prototype_means, attention, gather))), state
 
@@ -100,6 +105,19 @@ def elapsed_ms(function, faults: list[int]) -> float:
     return elapsed
 
 
+@contextlib.contextmanager
+def garbage_collector_off():
+    """Collect once, then keep Python's garbage collector off inside (as `timeit` does)."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def measure(tokens: int, ratio: float, layout: str, runs: int, warmup: int, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     query = in_layout(planted_queries(tokens, ratio, generator), layout)
@@ -113,7 +131,7 @@ def measure(tokens: int, ratio: float, layout: str, runs: int, warmup: int, seed
         "stages": lambda: [stage() for stage in stages.values()],
     }
 
-    with torch.inference_mode():
+    with torch.inference_mode(), garbage_collector_off():
         for _ in range(warmup):
             for function in timed.values():
                 function()

@@ -1,6 +1,7 @@
 """ACT attention kernel (compressor.ops): exactness, a slow reference, clustering, masks, determinism, gradients.
 
-Everything runs on small random tensors; the speed claims live in benchmarks/act_speed.py, not here.
+Everything runs on small random tensors, twice: with the native clustering kernels (built here on first use) and
+with the torch path users without a compiler get. The speed claims live in benchmarks/act_speed.py, not here.
 """
 
 from __future__ import annotations
@@ -13,11 +14,22 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from compressor.ops import ACTKernel, cluster_ids, cluster_tokens, e2lsh_codes
+from compressor.ops import ACTKernel, cluster_ids, cluster_tokens, e2lsh_codes, native_act
 from compressor.ops.lsh import HASH_PRIME, _hash_multipliers, combine_codes, sort_rows
 
 MODES = ("queries", "keys", "both")
 SINGLETON_WIDTH = 1e-4  # so narrow that no two random tokens share all 32 codes
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def act_path(request, monkeypatch):
+    """Every test here runs on both implementations of ACT's clustering stages."""
+    if request.param == "torch":
+        monkeypatch.setattr(native_act, "_kernel", lambda: None)
+        monkeypatch.setattr(native_act, "_means_kernel", lambda: None)
+    else:
+        assert native_act.native_grouping_available(), "the native ACT kernels did not build on this machine"
+    return request.param
 
 
 def random_qkv(batch=2, heads=3, tokens=37, dim=16, seed=0):

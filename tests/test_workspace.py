@@ -45,3 +45,23 @@ def test_kernel_works_with_and_without_inference_mode_on_the_same_scratch():
     output.sum().backward()
     assert torch.equal(output.detach(), reference)
     assert query.grad is not None and query.grad.abs().sum() > 0
+
+
+def test_scratch_of_different_purposes_never_shares_memory():
+    release_scratch()
+    queries = scratch((64,), torch.int64, CPU, "query_clusters")
+    keys = scratch((64,), torch.int64, CPU, "key_clusters")
+    assert queries.data_ptr() != keys.data_ptr()
+    assert scratch((32,), torch.int64, CPU, "query_clusters").data_ptr() == queries.data_ptr()
+
+
+def test_kernel_clustering_both_sides_keeps_each_sides_clusters_apart():
+    # queries and keys are clustered before either is used: with one shared buffer the keys' ids would
+    # overwrite the queries'
+    release_scratch()
+    generator = torch.Generator().manual_seed(4)
+    query, key, value = (torch.randn(1, 2, 60, 16, generator=generator) for _ in range(3))
+    kernel = ACTKernel(16, rounds=8, bucket_width=1e-4, cluster="both")  # singletons: exact attention
+    with torch.inference_mode():
+        output = kernel(query, key, value, None, None)
+    assert (output - torch.nn.functional.scaled_dot_product_attention(query, key, value)).abs().max() <= 1e-5

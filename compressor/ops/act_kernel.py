@@ -16,6 +16,7 @@ from torch import Tensor
 from compressor.models.base import AttentionKernel
 from compressor.ops.clustered_attention import TokenTable, prototype_attention
 from compressor.ops.lsh import Clusters, combine_codes, e2lsh_codes, group_by_key
+from compressor.ops.native_act import group_tokens_natively
 from compressor.ops.workspace import scratch
 
 CLUSTER_MODES = ("queries", "keys", "both")
@@ -172,8 +173,8 @@ class ACTKernel(AttentionKernel):
                                                    allow_bias=not clusters_keys)
         # In self-attention a padded key position is also a padded query: keep those apart from real queries.
         query_valid = key_valid if query_tokens == key_tokens else None
-        query_clusters = self.clusters_of(query, query_valid) if clusters_queries else None
-        key_clusters = self.clusters_of(key, key_valid) if clusters_keys else None
+        query_clusters = self.clusters_of(query, query_valid, "act_query_clusters") if clusters_queries else None
+        key_clusters = self.clusters_of(key, key_valid, "act_key_clusters") if clusters_keys else None
         output = prototype_attention(query, key, value, scale=scale,
                                      key_bias=None if clusters_keys else key_mask_row,
                                      query_clusters=query_clusters, key_clusters=key_clusters)
@@ -184,17 +185,25 @@ class ACTKernel(AttentionKernel):
         self.uncounted_flops = self._uncounted_flops(query, key, value, query_clusters, key_clusters)
         return output
 
-    def clusters_of(self, x: Tensor, valid: Tensor | None = None) -> Clusters:
+    def clusters_of(self, x: Tensor, valid: Tensor | None = None, scratch_purpose: str | None = None) -> Clusters:
         """The clusters of (B, H, N, D) tokens, rows = B·H; `valid` (B·H, N) bool marks real tokens.
+        `scratch_purpose`: where the native path may keep ids and members (see `native_act`); the forward
+        uses one per side, as it is done with them before the next forward.
 
-        Hashes the token vectors where they lie in memory (no copy of HF's transposed q/k), into codes held in
-        scratch memory (consumed at once by `combine_codes`), then groups per row.
+        Hashes the token vectors where they lie in memory (no copy of HF's transposed q/k) and groups per row:
+        in one native call where the kernel is available (`native_act`), else in torch, with the codes in
+        scratch memory (consumed at once by `combine_codes`).
         """
         table = TokenTable.of(x)
-        codes = scratch((table.vectors.shape[0], self.rounds), torch.float32, x.device)
-        e2lsh_codes(table.vectors, self.projections, self.offsets_unit, self.bucket_width, dtype=torch.float32,
-                    out=codes)
-        return group_by_key(table.to_rows(combine_codes(codes)), valid)
+        clusters = group_tokens_natively(table.vectors, self.projections, self.offsets_unit, self.bucket_width,
+                                         table.batch, table.heads, table.tokens, table.heads_last, valid,
+                                         scratch_purpose)
+        if clusters is None:  # no native kernel here, or an input it leaves to torch
+            codes = scratch((table.vectors.shape[0], self.rounds), torch.float32, x.device, "e2lsh_codes")
+            e2lsh_codes(table.vectors, self.projections, self.offsets_unit, self.bucket_width, dtype=torch.float32,
+                        out=codes)
+            clusters = group_by_key(table.to_rows(combine_codes(codes)), valid)
+        return clusters
 
     def _uncounted_flops(self, query: Tensor, key: Tensor, value: Tensor, query_clusters: Clusters | None,
                          key_clusters: Clusters | None) -> int:

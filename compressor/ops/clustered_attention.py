@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from compressor.ops.lsh import Clusters
+from compressor.ops.native_act import cluster_means_natively
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,11 @@ class TokenTable:
         rows = torch.arange(self.rows, device=positions.device)[:, None]
         row_base = (rows // self.heads) * (self.tokens * self.heads) + rows % self.heads
         return (positions * self.heads + row_base).reshape(-1)
+
+    def gather(self, values: Tensor, table_index: Tensor, out: Tensor | None = None) -> Tensor:
+        """(M, D') rows picked by a (B·H·N,) index in table order → (B, H, N, D') view, laid out like the input
+        (as scaled_dot_product_attention's output is); `out`, a (B·H·N, D') tensor to write them into."""
+        return self.view_as_input(torch.index_select(values, 0, table_index, out=out))
 
     def view_as_input(self, vectors: Tensor) -> Tensor:
         """A (B·H·N, D') table in this table's order → (B, H, N, D') view."""
@@ -126,10 +132,27 @@ class ClusterLayout:
         sums = F.embedding_bag(table.entries(self.members), table.vectors, self.slot_starts, mode="sum")
         return sums.div_(self.divisors.to(sums.dtype))
 
-    def broadcast(self, prototype_values: Tensor, table: TokenTable) -> Tensor:
-        """(R·num_clusters, D') slot values → (B, H, N, D'): every token takes its slot's row, in the memory order
-        of `table` (so the output is laid out like the input, as scaled_dot_product_attention's output is)."""
-        return table.view_as_input(prototype_values.index_select(0, table.to_table(self.slot_index)))
+    def gather_index(self, table: TokenTable) -> Tensor:
+        """(B·H·N,) each token's slot, in the memory order of `table` (what `TokenTable.gather` picks by, so the
+        output is laid out like the input)."""
+        return table.to_table(self.slot_index)
+
+
+def query_prototypes(clusters: Clusters, table: TokenTable,
+                     scratch_purpose: str | None = None) -> tuple[Tensor, Tensor]:
+    """(the member means of every query cluster (R·C, D), each token's slot in table order (B·H·N,)).
+
+    In inference one native call gives both (`native_act`; `scratch_purpose` as there); when a gradient must
+    flow through the means, or the native kernel is unavailable, `ClusterLayout` does.
+    """
+    native = None
+    if not (torch.is_grad_enabled() and table.vectors.requires_grad):
+        native = cluster_means_natively(table.vectors, table.batch, table.heads, table.tokens, table.heads_last,
+                                        clusters, scratch_purpose)
+    if native is not None:
+        return native
+    layout = ClusterLayout.build(clusters.ids, clusters.num_clusters, clusters.members)
+    return layout.means(table), layout.gather_index(table)
 
 
 def cluster_sizes(ids: Tensor, num_clusters: int) -> Tensor:
@@ -189,11 +212,14 @@ def prototype_attention(query: Tensor, key: Tensor, value: Tensor, *, scale: flo
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_bias, scale=scale)
 
     num_query_clusters = query_clusters.num_clusters
-    query_layout = ClusterLayout.build(query_clusters.ids, num_query_clusters, query_clusters.members)
     query_table = TokenTable.of(query)
-    prototypes = query_layout.means(query_table).view(batch, heads, num_query_clusters, -1)
-    output = F.scaled_dot_product_attention(prototypes, key, value, attn_mask=attention_bias, scale=scale)
-    # freed before the full-size output is allocated, so that allocation can reuse the memory (a fresh one
-    # would cost a zero-filled page fault per 4 KiB; see compressor.ops.workspace)
+    prototypes, gather_index = query_prototypes(query_clusters, query_table, "act_query_prototypes")
+    gathered = None
+    if not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)):
+        # the full-size output claimed first, before attention's own buffers can split the memory the previous
+        # output freed (a fresh block costs a zero-filled page fault per 4 KiB; see compressor.ops.workspace)
+        gathered = torch.empty(query_table.vectors.shape[0], value.shape[-1], dtype=value.dtype)
+    output = F.scaled_dot_product_attention(prototypes.view(batch, heads, num_query_clusters, -1), key, value,
+                                            attn_mask=attention_bias, scale=scale)
     del prototypes, key, value, attention_bias
-    return query_layout.broadcast(output.reshape(batch * heads * num_query_clusters, -1), query_table)
+    return query_table.gather(output.reshape(batch * heads * num_query_clusters, -1), gather_index, out=gathered)
