@@ -21,13 +21,12 @@ has a compiler (FLOP figures in reports do not depend on it), and fake or traced
 from __future__ import annotations
 
 import ctypes
-import functools
 
 import torch
 from torch import Tensor
 
 from compressor.ops.lsh import Clusters, _hash_multipliers
-from compressor.ops.native_build import native_library
+from compressor.ops.native_build import native_function
 from compressor.ops.workspace import scratch
 
 #: the kernel packs key (49 bits) and position side by side in 63 bits
@@ -36,30 +35,20 @@ MAX_TOKENS = 2**14
 MAX_ROUNDS = 64
 
 
-@functools.lru_cache(maxsize=1)
+_POINTER, _SIZE, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
 def _kernel():
-    library = native_library("act_grouping")
-    if library is None:
-        return None
-    function = library.act_group_tokens
-    pointer, size = ctypes.c_void_p, ctypes.c_int64
-    function.argtypes = [pointer, size, pointer, pointer, size, size, size, size, ctypes.c_int, pointer, pointer,
-                         pointer, pointer, pointer, pointer, pointer, pointer, ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
+    """act_group_tokens (see csrc/act_grouping.cpp for the arguments), or None."""
+    return native_function("act_grouping", "act_group_tokens", (
+        _POINTER, _SIZE, _POINTER, _POINTER, _SIZE, _SIZE, _SIZE, _SIZE, _INT, _POINTER, _POINTER, _POINTER,
+        _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _INT))
 
 
-@functools.lru_cache(maxsize=1)
 def _means_kernel():
-    library = native_library("act_grouping")
-    if library is None:
-        return None
-    function = library.act_cluster_means
-    pointer, size = ctypes.c_void_p, ctypes.c_int64
-    function.argtypes = [pointer, size, size, size, size, ctypes.c_int, pointer, pointer, pointer, size, pointer,
-                         pointer, ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
+    """act_cluster_means (see csrc/act_grouping.cpp for the arguments), or None."""
+    return native_function("act_grouping", "act_cluster_means", (
+        _POINTER, _SIZE, _SIZE, _SIZE, _SIZE, _INT, _POINTER, _POINTER, _POINTER, _SIZE, _POINTER, _POINTER, _INT))
 
 
 def native_grouping_available() -> bool:

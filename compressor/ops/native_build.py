@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,19 @@ def _load(name: str, compiler: str | None, cache_dir: Path) -> ctypes.CDLL | Non
     except OSError as error:
         logger.warning("could not load the native kernel %s (%s); using the torch implementation", library, error)
         return None
+
+
+@functools.lru_cache(maxsize=None)
+def native_function(library: str, name: str, argtypes: tuple) -> Callable[..., int] | None:
+    """The C function `name` (returning int) of `csrc/<library>.cpp` with its argument types, or None when the
+    library is turned off or cannot be built (read once per process)."""
+    loaded = native_library(library)
+    if loaded is None:
+        return None
+    function = getattr(loaded, name)
+    function.argtypes = list(argtypes)
+    function.restype = ctypes.c_int
+    return function
 
 
 def native_library(name: str) -> ctypes.CDLL | None:
