@@ -173,3 +173,12 @@ def test_a_failed_build_warns_once_and_returns_none(tmp_path, caplog, compiler):
     warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1 and "torch implementation" in warnings[0].getMessage()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_cache_warns_once_and_returns_none(tmp_path, caplog):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    with caplog.at_level(logging.WARNING, logger=native_build.__name__):
+        assert native_build.build_library("act_grouping", native_build.find_compiler(), blocker / "native") is None
+    warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "not-a-directory" in warnings[0].getMessage()

@@ -62,7 +62,8 @@ def _cpu_signature() -> str:
 
 
 def build_library(name: str, compiler: str, cache_dir: Path) -> Path | None:
-    """Compile `csrc/<name>.cpp` into `cache_dir` (or find it built already); None when no flag set compiles."""
+    """Compile `csrc/<name>.cpp` into `cache_dir` (or find it built already); None, with one warning, when no
+    flag set compiles or the cache cannot be written."""
     source = SOURCE_DIR / f"{name}.cpp"
     source_bytes = source.read_bytes()
     errors = []
@@ -72,23 +73,34 @@ def build_library(name: str, compiler: str, cache_dir: Path) -> Path | None:
         library = cache_dir / f"{name}-{digest}.so"
         if library.exists():
             return library
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache_dir, prefix=f".{name}-") as work:
-            partial = Path(work) / library.name
-            command = [compiler, *flags, *COMMON_FLAGS, str(source), "-o", str(partial)]
-            try:
-                result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-            except (OSError, subprocess.TimeoutExpired) as error:
-                errors.append(f"{' '.join(command)}: {error}")
-                continue
-            if result.returncode == 0:
-                os.replace(partial, library)
-                return library
-            last_line = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-            errors.append(f"{' '.join(flags)}: {last_line}")
+        try:
+            error = _compile(source, library, [compiler, *flags, *COMMON_FLAGS])
+        except OSError as failure:  # the cache directory cannot be created or written
+            errors.append(f"{cache_dir}: {failure}")
+            break
+        if error is None:
+            return library
+        errors.append(f"{' '.join(flags)}: {error}")
     logger.warning("could not build the native kernel %s with %s (%s); using the torch implementation "
                    "(same results, slower)", name, compiler, "; ".join(errors))
     return None
+
+
+def _compile(source: Path, library: Path, command: list[str]) -> str | None:
+    """Compile `source` into `library` through a temporary file in the same directory (moved into place only
+    when complete); the compiler's last line of complaint, or None on success."""
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent, prefix=f".{library.stem}-") as work:
+        partial = Path(work) / library.name
+        try:
+            result = subprocess.run([*command, str(source), "-o", str(partial)], capture_output=True, text=True,
+                                    timeout=BUILD_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return str(error)
+        if result.returncode != 0:
+            return (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        os.replace(partial, library)
+        return None
 
 
 @functools.lru_cache(maxsize=None)
