@@ -8,6 +8,7 @@ off switch. Timing is benchmarks/act_speed.py's job, not this file's.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 
 import pytest
@@ -148,6 +149,21 @@ def test_gradients_take_the_torch_means_and_reach_the_queries():
     kernel = ACTKernel(16, rounds=8, bucket_width=4.0)
     kernel(query, query.detach(), query.detach(), None, None).sum().backward()
     assert query.grad is not None and query.grad.abs().sum() > 0
+
+
+def test_a_build_without_openmp_gives_the_same_clusters(tmp_path, monkeypatch):
+    # what compilers without OpenMP (e.g. Apple clang) build: the same code, one thread
+    monkeypatch.setattr(native_build, "FLAG_SETS", native_build.FLAG_SETS[1:])
+    assert "-fopenmp" not in native_build.FLAG_SETS[0]
+    library = native_build.build_library("act_grouping", native_build.find_compiler(), tmp_path)
+    serial = ctypes.CDLL(str(library)).act_group_tokens
+    serial.argtypes, serial.restype = native_act._kernel().argtypes, ctypes.c_int
+    x = hf_layout(torch.randn(2, 3, 500, 32, generator=torch.Generator().manual_seed(8)))
+    kernel = ACTKernel(32, rounds=16, bucket_width=8.0, seed=2)
+    table = TokenTable.of(x)
+    with_openmp = native_clusters(kernel, table)
+    monkeypatch.setattr(native_act, "_kernel", lambda: serial)
+    assert_same_clusters(native_clusters(kernel, table), with_openmp)
 
 
 def test_off_switch_disables_the_native_kernels(monkeypatch):
