@@ -15,8 +15,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from compressor.errors import RecipeError
 from compressor.evaluate.cost import count_flops, count_parameters, interleaved_latency_ms
 from compressor.evaluate.fidelity import mean_cosine, primary_outputs
+from compressor.library_progress import library_progress_bars
 from compressor.pass_order import check_pass_order, check_shared_sites
 from compressor.passes import PASSES, Pass, PassContext
 from compressor.passes.targets import select_sites
@@ -68,8 +70,6 @@ def sites_for(rewriter: Pass, spec: PassSpec, loaded: LoadedModel) -> list:
         by_name = {site.name: site for site in candidates}
         missing = [name for name in spec.plan if name not in by_name]
         if missing:
-            from compressor.errors import RecipeError
-
             raise RecipeError(f"{spec.name}.plan names {missing[0]!r}, which is not a {spec.name} site of this "
                               f"{adapter.family} model; the recipe was made for another architecture")
         return [by_name[name] for name in spec.plan]
@@ -93,12 +93,21 @@ def check_recipe_fits(loaded: LoadedModel, recipe: Recipe) -> None:
                 continue
             earlier = claimed.setdefault((site.name, rewriter.replaces), spec)
             if earlier is not spec:
-                from compressor.errors import RecipeError
-
                 raise RecipeError(f"passes conflict: {earlier.stage}.{earlier.name} and {spec.stage}.{spec.name} "
                                   f"both replace the {rewriter.replaces.replace('_', ' ')} of {site.name}; "
                                   "use targets/ignore so that each site is rewritten by one of them")
     check_shared_sites(loaded.adapter, chosen)
+
+
+def check_calibration_given(recipe: Recipe, calib: Any) -> None:
+    """Refuse, before a model is loaded, a recipe with a pass still to plan that needs calibration data when
+    `calib` is None (a recipe whose plans are filled in, e.g. a saved one, needs none)."""
+    if calib is not None:
+        return
+    for spec in recipe.passes():
+        message = PASSES[spec.name]().calibration_needed(spec.params) if spec.plan is None else None
+        if message is not None:
+            raise RecipeError(message)
 
 
 def apply_recipe(loaded: LoadedModel, recipe: Recipe, seed: int, context: PassContext | None = None,
@@ -155,8 +164,10 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
              trust_remote_code: bool = False) -> CompressionResult:
     """Load `source`, apply `recipe`, and measure params, FLOPs, latency and fidelity before and after."""
     recipe = resolve_recipe(recipe, overrides)
+    check_calibration_given(recipe, calib)
     log(f"loading {source}", progress)
-    loaded = load_source(source, revision=revision, token=token, trust_remote_code=trust_remote_code)
+    with library_progress_bars(progress):
+        loaded = load_source(source, revision=revision, token=token, trust_remote_code=trust_remote_code)
     adapter, model = loaded.adapter, loaded.model
     torch.manual_seed(seed)
     check_recipe_fits(loaded, recipe)  # before anything slow happens
@@ -165,7 +176,8 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
     if calib is not None:
         from compressor.data.calibration import load_calibration
 
-        calibration = load_calibration(calib, adapter, limit=calib_samples, seed=seed, progress=progress)
+        with library_progress_bars(progress):
+            calibration = load_calibration(calib, adapter, limit=calib_samples, seed=seed, progress=progress)
     example = first_example(calibration) if calibration and input_size is None else \
         adapter.example_inputs(batch_size=1, size=input_size, seed=seed)
     original = copy.deepcopy(model)

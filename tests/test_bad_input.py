@@ -145,6 +145,14 @@ CASES = {
     "passes in an order that cannot work": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(
         w, ACT + "    rounds: 4\n  prune:\n")), "compress_stage.prune (line 5) runs after compress_stage.act (line 3)"),
     "calibration needed": (lambda w, f: _compress(f["vit"], "--recipe", "act-calibrated"), "--calib"),
+    # refused before the model loads: the missing model would be the error otherwise
+    "calibrated ACT without calibration, before loading": (lambda w, f: _compress(
+        w / "no-such-model", "--recipe", "act-calibrated"), "act.fidelity_target needs calibration data"),
+    "Taylor pruning without calibration, before loading": (lambda w, f: _compress(
+        w / "no-such-model", "--recipe", "vit-max", "--no-distill"), "prune.importance=taylor needs calibration"),
+    "data-aware tying without calibration, before loading": (lambda w, f: _compress(
+        w / "no-such-model", "--recipe", "vit-pe", "--no-distill", "--set", "tied_weights.init=data_aware"),
+        "data_aware needs calibration data"),
     # models
     "missing model": (lambda w, f: _compress(w / "no-such-model", "--recipe", "act"), "no such model directory"),
     "model is a file": (lambda w, f: _compress(recipe_file(w, "x"), "--recipe", "act"), "is a file"),

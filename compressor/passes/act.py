@@ -48,13 +48,17 @@ class ACTPass(Pass):
         """Encoders only: the DETR encoder (the paper's setting), every ViT/DeiT/BERT layer; not decoders."""
         return [site for site in candidates if site.stack != "decoder"]
 
+    def calibration_needed(self, params: dict[str, Any]) -> str | None:
+        if params["fidelity_target"] is None:
+            return None
+        return ("act.fidelity_target needs calibration data: pass --calib DATA, or set act.fidelity_target=null "
+                "to use one bucket width everywhere")
+
     def plan(self, adapter: ModelAdapter, sites: list[AttentionSite], params: dict[str, Any],
              context: PassContext) -> dict[str, dict[str, Any]]:
         if params["fidelity_target"] is None:
             return {site.name: {"bucket_width": float(params["bucket_width"])} for site in sites}
-        if not context.calibration:
-            raise RecipeError("act.fidelity_target needs calibration data: pass --calib DATA, or set "
-                              "act.fidelity_target=null to use one bucket width everywhere")
+        self.require_calibration(params, context)
         from compressor.passes.act_calibration import calibrate_bucket_widths
 
         self.rewrite(adapter, sites, params, {s.name: {"bucket_width": params["bucket_width"]} for s in sites},

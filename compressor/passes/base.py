@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from compressor.errors import RecipeError
 from compressor.models.base import ModelAdapter
 
 #: the value of `targets` that means "where this pass belongs in this family" (resolved by the adapter's sites)
@@ -125,6 +126,18 @@ class Pass(ABC):
     @abstractmethod
     def default_sites(self, adapter: ModelAdapter, candidates: list) -> list:
         """The sites `targets: [auto]` means for this family."""
+
+    # --- calibration data ---------------------------------------------------------------------------------------
+    def calibration_needed(self, params: dict[str, Any]) -> str | None:
+        """The one-line error (what needs it, how to do without) when planning with `params` needs calibration
+        data, else None. Checked before the model loads (`pipeline.check_calibration_given`) and in `plan`."""
+        return None
+
+    def require_calibration(self, params: dict[str, Any], context: PassContext) -> None:
+        """Raise `calibration_needed`'s error when `context` holds no calibration data."""
+        message = self.calibration_needed(params)
+        if message is not None and not context.calibration:
+            raise RecipeError(message)
 
     # --- the two steps -----------------------------------------------------------------------------------------
     @abstractmethod

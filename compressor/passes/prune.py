@@ -71,12 +71,15 @@ class PrunePass(Pass):
         blocks = {block.name for block in adapter.blocks()}
         return [site for site in candidates if site.name in blocks]
 
+    def calibration_needed(self, params: dict[str, Any]) -> str | None:
+        if params["importance"] != "taylor":
+            return None
+        return "prune.importance=taylor needs calibration data: pass --calib DATA, or set prune.importance=magnitude"
+
     # --- the two steps -----------------------------------------------------------------------------------------
     def plan(self, adapter: ModelAdapter, sites: list[ModuleSite], params: dict[str, Any],
              context: PassContext) -> dict[str, dict[str, Any]]:
-        if params["importance"] == "taylor" and not context.calibration:
-            raise RecipeError("prune.importance=taylor needs calibration data: pass --calib DATA, or set "
-                              "prune.importance=magnitude")
+        self.require_calibration(params, context)
         if params["ratio"] == 0:
             self.result = PruneResult(untraced=[], heads={}, head_dims={})
             return {}

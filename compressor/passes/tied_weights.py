@@ -86,13 +86,17 @@ class TiedWeightsPass(Pass):
                 (not isinstance(site, BlockSite) or wanted is None or stacks.index(site.stack) + 1 in wanted)]
 
     # --- plan ----------------------------------------------------------------------------------------------------
+    def calibration_needed(self, params: dict[str, Any]) -> str | None:
+        if params["init"] != "data_aware":
+            return None
+        return ("tied_weights.init: data_aware needs calibration data: pass --calib DATA, or set "
+                "tied_weights.init=closed_form")
+
     def plan(self, adapter: ModelAdapter, sites: list, params: dict[str, Any],
              context: PassContext) -> dict[str, dict[str, Any]]:
         if params["share_middle"] and params["share"] != "stage":
             raise RecipeError("tied_weights.share_middle shares a weight across a stage: it needs share: stage")
-        if params["init"] == "data_aware" and not context.calibration:
-            raise RecipeError("tied_weights.init: data_aware needs calibration data: pass --calib DATA, or set "
-                              "tied_weights.init=closed_form")
+        self.require_calibration(params, context)
         chosen = self.chosen_sites(sites, params)
         if not chosen:
             raise RecipeError(f"tied_weights: none of the targeted sites is of the parts {params['parts']}; "
