@@ -29,7 +29,7 @@ namespace {
 constexpr int64_t kHashPrime = (int64_t{1} << 24) - 3;          // lsh.HASH_PRIME
 constexpr int64_t kPaddingNamespace = kHashPrime * kHashPrime;  // lsh.PADDING_NAMESPACE
 constexpr int kKeyBits = 49;                                    // lsh.KEY_BITS
-constexpr int kBucketBits = 12;                                 // counting-sort buckets: 4096
+constexpr int kMaxBucketBits = 12;  // counting-sort buckets: about one per token, at most 4096
 constexpr int kLanes = 8;                                       // rounds per vector register (AVX: 8 floats)
 constexpr int kMaxChunks = 8;                                   // up to 64 rounds
 
@@ -146,11 +146,12 @@ bool key_all_tokens(const Problem& problem, int chunks) {
     }
 }
 
-// Sort one row's packed (key, position) values: counting sort on the top key bits, then each bucket.
+// Sort one row's packed (key, position) values: counting sort on the top `bucket_bits` key bits
+// (bucket_ends holds 2^bucket_bits + 1 counters), then each bucket.
 void sort_packed(std::vector<uint64_t>& packed, std::vector<uint64_t>& sorted, std::vector<int32_t>& bucket_ends,
-                 int position_bits) {
+                 int position_bits, int bucket_bits) {
     const int64_t tokens = static_cast<int64_t>(packed.size());
-    const int shift = position_bits + kKeyBits - kBucketBits;
+    const int shift = position_bits + kKeyBits - bucket_bits;
     std::fill(bucket_ends.begin(), bucket_ends.end(), 0);
     for (int64_t n = 0; n < tokens; ++n) ++bucket_ends[(packed[n] >> shift) + 1];
     for (size_t bucket = 1; bucket < bucket_ends.size(); ++bucket) bucket_ends[bucket] += bucket_ends[bucket - 1];
@@ -217,7 +218,9 @@ extern "C" int act_group_tokens(const float* vectors, int64_t dim, const float* 
         current_status = status;
         if (current_status == kDone) {  // the same for every thread after the barrier
             std::vector<uint64_t> packed(tokens), sorted(tokens);
-            std::vector<int32_t> bucket_ends((int64_t{1} << kBucketBits) + 1);
+            // about one bucket per token: a fixed 4096 would cost more than the sort itself on short rows
+            const int bucket_bits = std::min(kMaxBucketBits, std::max(1, position_bits));
+            std::vector<int32_t> bucket_ends((int64_t{1} << bucket_bits) + 1);
 #pragma omp for schedule(static)
             for (int64_t row = 0; row < rows; ++row) {
                 int64_t row_valid_tokens = 0;
@@ -227,7 +230,7 @@ extern "C" int act_group_tokens(const float* vectors, int64_t dim, const float* 
                     else ++row_valid_tokens;
                     packed[n] = (static_cast<uint64_t>(key) << position_bits) | static_cast<uint64_t>(n);
                 }
-                sort_packed(packed, sorted, bucket_ends, position_bits);
+                sort_packed(packed, sorted, bucket_ends, position_bits, bucket_bits);
                 int64_t* row_ids = ids + row * tokens;
                 int64_t* row_members = members + row * tokens;
                 int64_t id = -1, last_valid_id = -1;
