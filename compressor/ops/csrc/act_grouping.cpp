@@ -1,4 +1,5 @@
-// ACT's hash-and-group stage in one native call: token vectors -> E2LSH codes -> 48-bit keys -> clusters.
+// ACT's clustering stages natively: token vectors -> E2LSH codes -> 48-bit keys -> clusters (act_group_tokens),
+// then the clusters' member means and each token's prototype slot (act_cluster_means, at the end of this file).
 //
 // compressor/ops/lsh.py defines the stage and implements it in torch (`e2lsh_codes`, `combine_codes`,
 // `group_by_key`): some forty calls, each a pass over megabytes of codes. Here it is one parallel region:
@@ -13,7 +14,7 @@
 // Keys are folded and grouped exactly as in torch. The projection sums in a different order than a BLAS matmul,
 // so a code whose value lies within float32 rounding of an integer can differ by one between the two paths
 // (as it can between two BLAS libraries). No Python or torch headers: compressor/ops/native_build.py builds this
-// on first use, and compressor/ops/native_grouping.py calls it through ctypes.
+// on first use, and compressor/ops/native_act.py calls it through ctypes.
 
 #include <algorithm>
 #include <cmath>
