@@ -33,7 +33,6 @@ from compressor.evaluate.fidelity import primary_outputs  # noqa: E402
 from compressor.ops import native_act  # noqa: E402
 from compressor.ops.act_kernel import ACTKernel  # noqa: E402
 from compressor.ops.clustered_attention import TokenTable  # noqa: E402
-from compressor.ops.lsh import combine_codes, e2lsh_codes, group_by_key  # noqa: E402
 
 from act_fidelity import make_task  # noqa: E402
 from common import HERE  # noqa: E402
@@ -67,15 +66,14 @@ class PartitionProbe:
                         if isinstance(module, ACTKernel)]
 
     def compare(self, kernel: ACTKernel, inputs: tuple) -> None:
-        query = inputs[0]
-        table = TokenTable.of(query)
+        table = TokenTable.of(inputs[0])
         native = native_act.group_tokens_natively(table.vectors, kernel.projections, kernel.offsets_unit,
                                                   kernel.bucket_width, table.batch, table.heads, table.tokens,
                                                   table.heads_last)
-        codes = e2lsh_codes(table.vectors, kernel.projections, kernel.offsets_unit, kernel.bucket_width)
-        reference = group_by_key(table.to_rows(combine_codes(codes)))
         if native is None:
             raise RuntimeError("the native ACT kernel is unavailable here: nothing to compare")
+        with torch_path():
+            reference = kernel.clusters_of(inputs[0])
         agree = same_partition_rows(native.ids, reference.ids)
         self.rows += agree.numel()
         self.agreeing += int(agree.sum())

@@ -147,6 +147,11 @@ def test_flop_counting_runs_the_torch_path_so_counts_do_not_depend_on_a_compiler
 def test_gradients_take_the_torch_means_and_reach_the_queries():
     query = torch.randn(1, 2, 40, 16, requires_grad=True)
     kernel = ACTKernel(16, rounds=8, bucket_width=4.0)
+    table = TokenTable.of(query)
+    clusters = kernel.clusters_of(query)
+    assert native_act.cluster_means_natively(table.vectors, 1, 2, 40, False, clusters) is None
+    with torch.no_grad():
+        assert native_act.cluster_means_natively(table.vectors, 1, 2, 40, False, clusters) is not None
     kernel(query, query.detach(), query.detach(), None, None).sum().backward()
     assert query.grad is not None and query.grad.abs().sum() > 0
 

@@ -145,10 +145,8 @@ def query_prototypes(clusters: Clusters, table: TokenTable,
     In inference one native call gives both (`native_act`; `scratch_purpose` as there); when a gradient must
     flow through the means, or the native kernel is unavailable, `ClusterLayout` does.
     """
-    native = None
-    if not (torch.is_grad_enabled() and table.vectors.requires_grad):
-        native = cluster_means_natively(table.vectors, table.batch, table.heads, table.tokens, table.heads_last,
-                                        clusters, scratch_purpose)
+    native = cluster_means_natively(table.vectors, table.batch, table.heads, table.tokens, table.heads_last,
+                                    clusters, scratch_purpose)
     if native is not None:
         return native
     layout = ClusterLayout.build(clusters.ids, clusters.num_clusters, clusters.members)
@@ -218,7 +216,7 @@ def prototype_attention(query: Tensor, key: Tensor, value: Tensor, *, scale: flo
     if not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)):
         # the full-size output claimed first, before attention's own buffers can split the memory the previous
         # output freed (a fresh block costs a zero-filled page fault per 4 KiB; see compressor.ops.workspace)
-        gathered = torch.empty(query_table.vectors.shape[0], value.shape[-1], dtype=value.dtype)
+        gathered = query.new_empty(query_table.vectors.shape[0], value.shape[-1])
     output = F.scaled_dot_product_attention(prototypes.view(batch, heads, num_query_clusters, -1), key, value,
                                             attn_mask=attention_bias, scale=scale)
     del prototypes, key, value, attention_bias

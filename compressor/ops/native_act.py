@@ -5,11 +5,11 @@ megabytes of codes; at the DETR-DC5 encoder's size that was most of ACT's overhe
 each token's codes in registers, folds them into keys and groups every row in one parallel region. Keys and
 grouping follow the torch path's definitions exactly (same keys, same cluster numbering, same members order);
 only the projection sums in its own order, so a code within float32 rounding of a bucket edge can differ by one
-from the BLAS product, as it can between two BLAS libraries (tests/test_act_grouping.py checks both: identical
+from the BLAS product, as it can between two BLAS libraries (tests/test_act_native.py checks both: identical
 clusters when the sums are exact, the same partition on real-sized random tokens).
 
 `cluster_means_natively` then averages each cluster's members (the prototypes) and lists each token's
-prototype slot for the gather back, bit for bit what `ClusterLayout.means` and `ClusterLayout.broadcast` use,
+prototype slot for the gather back, bit for bit what `ClusterLayout.means` and `ClusterLayout.gather_index` give,
 without building the layout; it serves inference, where no gradient has to flow through the means.
 
 `None` tells the caller to take the torch path: no kernel here (no compiler, COMPRESSOR_NATIVE=0), an input
@@ -27,7 +27,7 @@ from torch import Tensor
 
 from compressor.ops.lsh import Clusters, _hash_multipliers
 from compressor.ops.native_build import native_function
-from compressor.ops.workspace import scratch
+from compressor.ops.workspace import fresh_or_scratch, scratch
 
 #: the kernel packs key (49 bits) and position side by side in 63 bits
 MAX_TOKENS = 2**14
@@ -82,10 +82,7 @@ def group_tokens_natively(vectors: Tensor, projections: Tensor, offsets_unit: Te
     rows = batch * heads
     multipliers = _hash_multipliers(rounds, vectors.device)
     row_keys = scratch((rows * tokens,), torch.int64, vectors.device, "act_row_keys")
-    if scratch_purpose is None:
-        ids, members = torch.empty(2, rows, tokens, dtype=torch.int64)
-    else:
-        ids, members = scratch((2, rows, tokens), torch.int64, vectors.device, scratch_purpose)
+    ids, members = fresh_or_scratch((2, rows, tokens), torch.int64, vectors.device, scratch_purpose)
     # the per-row counts in a tensor of their own: statistics keep them for a while, and a view would keep the
     # whole (2, R, N) buffer alive with them
     counts_per_row, valid_clusters, valid_tokens = torch.empty(3, rows, dtype=torch.int64)
@@ -101,8 +98,8 @@ def group_tokens_natively(vectors: Tensor, projections: Tensor, offsets_unit: Te
 def cluster_means_natively(vectors: Tensor, batch: int, heads: int, tokens: int, heads_last: bool,
                            clusters: Clusters, scratch_purpose: str | None = None) -> tuple[Tensor, Tensor] | None:
     """(member means (B·H·C, D), each token's slot in table order (B·H·N,)) of `clusters` over token `vectors`
-    (B·H·N, D) laid out as a `TokenTable`, C = clusters.num_clusters; empty slots are zero. Only for tensors
-    that need no gradient. None: use `ClusterLayout` instead.
+    (B·H·N, D) laid out as a `TokenTable`, C = clusters.num_clusters; empty slots are zero. Not differentiable:
+    None when a gradient must flow to `vectors` (and in the other cases above): use `ClusterLayout` instead.
 
     `scratch_purpose`: write both into this thread's scratch buffers of that purpose (`workspace`), for a caller
     done with them before the purpose comes round again — a forward then makes no fresh megabyte-sized
@@ -111,16 +108,13 @@ def cluster_means_natively(vectors: Tensor, batch: int, heads: int, tokens: int,
     kernel = _means_kernel()
     rows, dim = batch * heads, vectors.shape[-1]
     if (kernel is None or vectors.device.type != "cpu" or vectors.dtype != torch.float32
-            or not vectors.is_contiguous() or vectors.shape[0] != rows * tokens or vectors.requires_grad
+            or not vectors.is_contiguous() or vectors.shape[0] != rows * tokens
+            or (torch.is_grad_enabled() and vectors.requires_grad)
             or clusters.ids.shape != (rows, tokens) or _torch_is_watching()):
         return None
     ids, members, counts = (t.contiguous() for t in (clusters.ids, clusters.members, clusters.counts_per_row))
-    if scratch_purpose is None:
-        means = torch.empty(rows * clusters.num_clusters, dim, dtype=torch.float32)
-        gather_index = torch.empty(rows * tokens, dtype=torch.int64)
-    else:
-        means = scratch((rows * clusters.num_clusters, dim), torch.float32, vectors.device, scratch_purpose)
-        gather_index = scratch((rows * tokens,), torch.int64, vectors.device, scratch_purpose)
+    means = fresh_or_scratch((rows * clusters.num_clusters, dim), torch.float32, vectors.device, scratch_purpose)
+    gather_index = fresh_or_scratch((rows * tokens,), torch.int64, vectors.device, scratch_purpose)
     status = kernel(vectors.data_ptr(), dim, batch, heads, tokens, int(heads_last), ids.data_ptr(),
                     members.data_ptr(), counts.data_ptr(), clusters.num_clusters, means.data_ptr(),
                     gather_index.data_ptr(), torch.get_num_threads())

@@ -37,6 +37,14 @@ def scratch(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, pu
     return buffer[:numel].view(shape)
 
 
+def fresh_or_scratch(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                     purpose: str | None) -> Tensor:
+    """A new uninitialised tensor when `purpose` is None (the caller may keep it), else `scratch` of that purpose."""
+    if purpose is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return scratch(shape, dtype, device, purpose)
+
+
 def release_scratch() -> None:
     """Free this thread's scratch buffers (they are re-created on demand)."""
     _buffers.__dict__.pop("pool", None)

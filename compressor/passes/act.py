@@ -10,7 +10,6 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-from compressor.errors import RecipeError
 from compressor.models.base import AttentionSite, ModelAdapter
 from compressor.ops.act_kernel import ACTKernel
 from compressor.passes.base import Param, Pass, PassContext
