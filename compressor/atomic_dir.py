@@ -18,9 +18,10 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from compressor.errors import CompressorError
+from compressor.output_guard import refuse_unsafe_replacement
 
 #: hidden sibling names: `.<out>.partial-<pid>-<random>` while writing, `.<out>.old-<pid>-<random>` while retiring
 STAGING_KINDS = ("partial", "old")
@@ -34,13 +35,16 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_output_path(out: Path, overwrite: bool) -> None:
-    """Fail early (before any heavy work) when `out` cannot be written."""
+def check_output_path(out: Path, overwrite: bool, *, sources: Iterable[object] = ()) -> None:
+    """Fail early (before any heavy work) when `out` cannot be written, or must not be replaced (`output_guard`:
+    `sources` are the models the output is made from)."""
     out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise CompressorError(f"output {out} exists and is not a directory; choose another --out")
     if out.exists() and not overwrite:
         raise CompressorError(f"output {out} already exists; choose another --out or pass --overwrite")
+    if out.exists():
+        refuse_unsafe_replacement(out, sources=sources)
     existing = _nearest_existing(out.parent)
     if not existing.is_dir():
         raise CompressorError(f"cannot write {out}: {existing} is a file, not a directory")
@@ -134,13 +138,15 @@ def _replace_directory(staging: Path, out: Path) -> None:
 
 
 @contextmanager
-def atomic_directory(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(out: str | os.PathLike, overwrite: bool = False, *,
+                     sources: Iterable[object] = ()) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces `out`, on any error it is removed.
 
+    `out` may replace only an earlier output of this toolkit made from other `sources` (`check_output_path`).
     Missing parent directories are created, and removed again if the write fails.
     """
     out = Path(out).absolute()
-    check_output_path(out, overwrite)
+    check_output_path(out, overwrite, sources=sources)
     created = []
     parent = out.parent
     while not parent.exists():

@@ -70,7 +70,8 @@ def save(result, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
         "seed": result.seed,
         "recipe": RECIPE,
     }
-    with atomic_directory(out, overwrite=overwrite) as staging:
+    sources = (loaded.directory, loaded.source, loaded.base_model)
+    with atomic_directory(out, overwrite=overwrite, sources=sources) as staging:
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
         save_model(loaded.model, str(staging / WEIGHTS), metadata={"format": "pt"})
         (staging / RECIPE).write_text(result.recipe.to_yaml())

@@ -19,9 +19,7 @@ from torch import nn
 
 from compressor.errors import SourceError
 from compressor.models import ModelAdapter, adapter_for
-
-#: the key of config.json that marks a directory written by `compress`
-COMPRESSION_KEY = "compression_config"
+from compressor.output_guard import COMPRESSION_KEY
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

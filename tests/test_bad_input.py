@@ -47,8 +47,8 @@ def broken_copy(source: Path, workdir: Path, name: str = "model") -> Path:
 # --- the cases ------------------------------------------------------------------------------------------------------
 # Each builder gets (workdir, fixtures) and returns the CLI arguments; fixtures holds the small checkpoints.
 
-def _compress(source, *args):
-    return ["compress", str(source), *args, "--out", "out", "--quiet", "--latency-runs", "1"]
+def _compress(source, *args, out="out"):
+    return ["compress", str(source), *args, "--out", out, "--quiet", "--latency-runs", "1"]
 
 
 def _gpt2(workdir):
@@ -75,6 +75,35 @@ def _with_config(workdir, source, change, name="model"):
     directory = copy_compressed(source, workdir / name)
     config = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps(change(config)))
+    return directory
+
+
+def _without_tensors(prefix: str):
+    """A damage: drop the tensors whose names start with `prefix` (a checkpoint missing its classifier)."""
+    def damage(path: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        save_file({k: v for k, v in load_file(path).items() if not k.startswith(prefix)}, path,
+                  metadata={"format": "pt"})
+    return damage
+
+
+def _with_extra_tensor(path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    save_file({**load_file(path), "vit.extra.weight": torch.zeros(2)}, path, metadata={"format": "pt"})
+
+
+def _copy_source(workdir, source, name="model"):
+    return Path(shutil.copytree(source, workdir / name))
+
+
+def _timm_config(workdir, f, change):
+    directory = _copy_source(workdir, f["timm_vit"])
+    config = json.loads((directory / "config.json").read_text())
+    change(config)
+    (directory / "config.json").write_text(json.dumps(config))
     return directory
 
 
@@ -171,6 +200,28 @@ CASES = {
         w, f["vit"], lambda c: {**c, "num_attention_heads": 0}), "--recipe", "act"), "the file is damaged"),
     "config value of the wrong type": (lambda w, f: _compress(_with_config(
         w, f["vit"], lambda c: {**c, "hidden_size": "big"}), "--recipe", "act"), "expected int"),
+    # weights must describe the model exactly (nothing completed with random values, nothing ignored)
+    "checkpoint missing its classifier": (lambda w, f: _compress(_vit_with_weights(
+        w, f, _without_tensors("classifier.")), "--recipe", "act"), "missing classifier.bias, classifier.weight"),
+    "checkpoint missing an encoder layer": (lambda w, f: _compress(_vit_with_weights(
+        w, f, _without_tensors("vit.encoder.layer.1.")), "--recipe", "act"), "missing vit.layers.1."),
+    "checkpoint with a tensor the model lacks": (lambda w, f: _compress(_vit_with_weights(
+        w, f, _with_extra_tensor), "--recipe", "act"), "unexpected vit.extra.weight"),
+    "config with far more layers than the weights": (lambda w, f: _compress(_with_config(
+        w, f["vit"], lambda c: {**c, "num_hidden_layers": 100_000}), "--recipe", "act"),
+        "describes a model larger than its weights"),
+    "config of another family than the weights": (lambda w, f: _compress(_vit_with_weights(
+        w, f, lambda path: shutil.copy(f["swin"] / "model.safetensors", path)), "--recipe", "act"),
+        "from different models"),
+    "architectures of another model_type": (lambda w, f: _compress(_with_config(
+        w, f["vit"], lambda c: {**c, "architectures": ["DetrForObjectDetection"]}), "--recipe", "act"),
+        "fix `model_type` or `architectures`"),
+    "architectures naming no class": (lambda w, f: _compress(_with_config(
+        w, f["vit"], lambda c: {**c, "architectures": ["ViTForEverything"]}), "--recipe", "act"),
+        "which transformers does not have"),
+    "timm config with far more blocks than the weights": (lambda w, f: _compress(_timm_config(
+        w, f, lambda c: c.setdefault("model_args", {}).update(depth=100_000)), "--recipe", "act"),
+        "describes a model larger than its weights"),
     "weights of another shape than the config": (lambda w, f: _compress(_with_config(
         w, f["vit"], lambda c: {**c, "hidden_size": 48}), "--recipe", "act"), "do not have the shapes"),
     "timm architecture that is not a name": (lambda w, f: _compress(_with_config(
@@ -217,6 +268,34 @@ CASES = {
     "output parent is a file": (lambda w, f: (w.joinpath("parent").write_text("x"), [
         "compress", str(f["vit"]), "--recipe", "act", "--out", "parent/out", "--quiet"])[1], "is a file"),
     "bad input size": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--input-size", "big"), "HEIGHTxWIDTH"),
+    # --overwrite replaces only an earlier output of this toolkit
+    "overwrite of the current directory": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--overwrite",
+                                                                   out="."), "it is the current directory"),
+    "overwrite of a parent of the current directory": (lambda w, f: _compress(
+        f["vit"], "--recipe", "act", "--overwrite", out=".."),
+        "holding the current directory"),
+    "overwrite of the root directory": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--overwrite",
+                                                                out="/"), "root or a home directory"),
+    "overwrite of the source model": (lambda w, f: ["compress", str(_copy_source(w, f["vit"])), "--recipe", "act",
+                                                    "--out", "model", "--overwrite", "--quiet"],
+                                      "holds the source model"),
+    "overwrite of a directory holding the source model": (lambda w, f: [
+        "compress", str(_copy_source(w, f["vit"], "models/vit")), "--recipe", "act", "--out", "models",
+        "--overwrite", "--quiet"], "holds the source model"),
+    "overwrite of a compressed source model": (lambda w, f: [
+        "compress", str(broken_copy(f["compressed"], w)), "--recipe", "act", "--out", "model", "--overwrite",
+        "--quiet"], "holds the source model"),
+    "overwrite of a directory the toolkit did not write": (lambda w, f: (
+        w.joinpath("out").mkdir(), w.joinpath("out", "thesis.tex").write_text("years of work"),
+        _compress(f["vit"], "--recipe", "act", "--overwrite"))[2], "not an earlier output of this toolkit"),
+    "overwrite of a training directory the toolkit did not write": (lambda w, f: (
+        w.joinpath("out.distill").mkdir(), w.joinpath("out.distill", "notes.txt").write_text("mine"),
+        _compress(f["vit"], "--recipe", recipe_file(w, ACT + DISTILL_STEP), "--data", "train.parquet",
+                  "--overwrite"))[2], "not an earlier output of this toolkit"),
+    "sweep over a directory the toolkit did not write": (lambda w, f: (
+        w.joinpath("out").mkdir(), w.joinpath("out", "data.csv").write_text("1,2"),
+        ["sweep", str(f["vit"]), "--recipe", "act", "--grid", "act.rounds=4", "--data", "d.parquet", "--out",
+         "out", "--overwrite", "--quiet"])[2], "not an earlier output of this toolkit"),
     # the distill step of a recipe
     "distill step without data": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(
         w, ACT + DISTILL_STEP)), "needs training data"),
@@ -319,3 +398,26 @@ def test_api_recipe_from_dict_rejects_a_non_mapping():
     with pytest.raises(RecipeError) as raised:
         Recipe.from_dict(["act"])
     assert "mapping" in _one_line(raised)
+
+
+def test_api_save_never_replaces_the_source_model(hf_vit_dir, tmp_path):
+    source = Path(shutil.copytree(hf_vit_dir, tmp_path / "vit"))
+    result = compressor.compress(source, "act", overrides=["act.rounds=4"], progress=False, latency_runs=1)
+    before = tree(tmp_path)
+    with pytest.raises(CompressorError) as raised:
+        compressor.save(result, source, overwrite=True)
+    assert "holds the source model" in _one_line(raised)
+    assert tree(tmp_path) == before
+
+
+def test_overwrite_never_replaces_a_home_directory_even_one_that_looks_like_an_output(hf_vit_dir, tmp_path,
+                                                                                      monkeypatch, capsys):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.json").write_text('{"compression_config": {}}')
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    status = main(["compress", str(hf_vit_dir), "--recipe", "act", "--out", str(home), "--overwrite", "--quiet"])
+    assert_one_line_error(status, capsys.readouterr().err, "root or a home directory")
+    assert tree(tmp_path) == before

@@ -46,9 +46,17 @@ def test_existing_output_needs_overwrite(hf_vit_dir, tmp_path, capsys):
     assert main(["compress", str(hf_vit_dir), "--recipe", "act", "--out", str(out), "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "mine"
+    # --overwrite replaces only an earlier output of this toolkit: the user's own directory stays
     assert main(["compress", str(hf_vit_dir), "--recipe", "act", "--out", str(out), "--quiet", "--overwrite",
+                 "--latency-runs", "1"]) == 2
+    assert "not an earlier output" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
+    earlier = tmp_path / "earlier"
+    assert main(["compress", str(hf_vit_dir), "--recipe", "act", "--out", str(earlier), "--quiet",
                  "--latency-runs", "1"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    (earlier / "note.txt").write_text("written after the run")
+    assert main(["compress", str(hf_vit_dir), "--recipe", "act", "--out", str(earlier), "--quiet", "--overwrite",
+                 "--latency-runs", "1"]) == 0
+    assert not (earlier / "note.txt").exists() and (earlier / "model.safetensors").is_file()
 
 
 def test_inspect_lists_the_sites_a_recipe_touches(hf_detr_dir, capsys):

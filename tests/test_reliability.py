@@ -165,7 +165,7 @@ def test_replacing_without_exchange_falls_back_to_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic_dir, "exchange", lambda a, b: False)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "old").write_text("old")
+    (out / "config.json").write_text('{"compression_config": {}}')  # an earlier output, which --overwrite replaces
     with atomic_directory(out, overwrite=True) as staging:
         (staging / "new").write_text("new")
     assert [p.name for p in out.iterdir()] == ["new"] and staging_left(tmp_path) == []

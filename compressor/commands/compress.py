@@ -54,7 +54,7 @@ class CompressCommand(Command):
         from compressor.serialization import save
 
         out = Path(args.out or default_output_name(args.source, args.recipe))
-        check_output_path(out, args.overwrite)
+        check_output_path(out, args.overwrite, sources=[args.source])
         check_push_to(args)
         if args.calib_samples < 1 or args.latency_runs < 1:
             raise CompressorError("--calib-samples and --latency-runs must be at least 1")

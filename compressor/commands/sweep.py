@@ -38,7 +38,7 @@ class SweepCommand(Command):
 
         check_positive(limit=args.limit, batch_size=args.batch_size, calib_samples=args.calib_samples)
         out = Path(args.out or re.sub(r"[^\w.-]+", "-", Path(args.source.rstrip("/")).stem) + "-sweep")
-        check_output_path(out, args.overwrite)
+        check_output_path(out, args.overwrite, sources=[args.source])
         grid = parse_grid(args.grid)
         if args.trust_remote_code or args.revision:
             raise CompressorError("sweep works on local or public sources only; drop --revision/--trust-remote-code")
@@ -47,7 +47,7 @@ class SweepCommand(Command):
                           calib=args.calib or args.data, calib_samples=args.calib_samples,
                           batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
         table = format_sweep(sweep)
-        with atomic_directory(out, overwrite=args.overwrite) as staging:
+        with atomic_directory(out, overwrite=args.overwrite, sources=[args.source]) as staging:
             (staging / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
             (staging / "sweep.md").write_text(table + "\n")
             plot_sweep(sweep, staging / "sweep.png")

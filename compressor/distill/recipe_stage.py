@@ -17,6 +17,7 @@ from typing import Any
 
 from compressor.distill.settings import DISTILL, config_from_params
 from compressor.errors import CompressorError
+from compressor.output_guard import refuse_unsafe_replacement
 from compressor.recipe import Recipe
 
 TRAINING_SUFFIX = ".distill"
@@ -59,9 +60,12 @@ def resolve_distill_step(recipe: Recipe, out: Path, *, data: str | None, eval_da
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise CompressorError(f"compress runs its {DISTILL} step in one process; to train on several, compress "
                               f"with --no-distill, then `accelerate launch cli.py {DISTILL} OUT --data DATA ...`")
-    if training_directory(out).exists() and not overwrite:
-        raise CompressorError(f"{training_directory(out)} holds an earlier training run; continue it with "
+    work = training_directory(out)
+    if work.exists() and not overwrite:
+        raise CompressorError(f"{work} holds an earlier training run; continue it with "
                               f"`{resume_command(out)}`, or pass --overwrite to start again")
+    if work.exists():
+        refuse_unsafe_replacement(work)  # --overwrite lets the run below delete it
     return recipe
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from compressor.errors import CompressorError, SourceError, UnsupportedModelError
 from compressor.models.base import AttentionKernel, AttentionSite, FFNSite, ModelAdapter
+from compressor.models.weight_coverage import bounded_by_weights, check_loading_report, header_totals
 
 #: the name the dispatcher and its mask function are registered under in transformers
 ATTENTION_IMPLEMENTATION = "compressor"
@@ -388,7 +389,7 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
     """
     from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
 
     from compressor.architectures import register_architectures
 
@@ -413,12 +414,13 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
     except (OSError, ValueError, TypeError, StrictDataclassError) as error:
         raise SourceError(f"the config of {source} cannot be read: {' '.join(str(error).split())[:300]}") from None
     _disable_backbone_download(config)
-    model_class = _model_class(architecture)
-    if model_class is None or not hasattr(model_class, "from_pretrained"):
-        model_class = AutoModel
+    model_class = _checked_model_class(architecture, raw_config.get("model_type"), source, trust_remote_code)
+    weight_files = _weight_files(source, config_file.parent, is_local, revision=revision, token=token)
     try:
-        model = model_class.from_pretrained(location, config=config, use_safetensors=True,
-                                            trust_remote_code=trust_remote_code, **hub_options)
+        with bounded_by_weights(header_totals(weight_files), source):
+            model, loading_report = model_class.from_pretrained(
+                location, config=config, use_safetensors=True, trust_remote_code=trust_remote_code,
+                output_loading_info=True, **hub_options)
     except (OSError, ValueError) as error:
         raise SourceError(f"cannot load the weights of {source} with {model_class.__name__}: {_first_line(error)}"
                           f"{'' if is_local else _offline_hint()}; the toolkit reads model.safetensors "
@@ -432,9 +434,66 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
     except (ZeroDivisionError, TypeError, KeyError, AttributeError, AssertionError) as error:
         raise SourceError(f"cannot build the architecture the config.json of {source} describes "
                           f"({type(error).__name__}: {_first_line(error)}); the file is damaged") from None
+    check_loading_report(loading_report, source, type(model).__name__)
     processor = _load_processor(adapter_class.processor_kind, source, config_file.parent, is_local,
                                 revision=revision, token=token, trust_remote_code=trust_remote_code)
     return model.eval(), processor
+
+
+def _checked_model_class(architecture: str | None, model_type: str | None, source: str,
+                         trust_remote_code: bool) -> type:
+    """The class config.json's `architectures` names, which must be a class of its `model_type` (AutoModel when
+    the config names none, or names remote code the user allowed)."""
+    from transformers import AutoModel
+
+    if architecture is None:
+        return AutoModel
+    model_class = _model_class(architecture)
+    if model_class is None or not hasattr(model_class, "from_pretrained"):
+        if trust_remote_code:
+            return AutoModel
+        raise SourceError(f"the config.json of {source} names the class {architecture!r}, which transformers does "
+                          f"not have; fix `architectures` in config.json (e.g. the class it was saved from)")
+    declared = getattr(getattr(model_class, "config_class", None), "model_type", None)
+    if declared and declared != model_type:
+        raise SourceError(f"the config.json of {source} says model_type {model_type!r} but names the class "
+                          f"{architecture} (a {declared!r} model); fix `model_type` or `architectures` so they agree")
+    return model_class
+
+
+#: the weight files of a transformers checkpoint: one safetensors file, or an index of shards
+_SINGLE_WEIGHTS, _WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"
+
+
+def _weight_files(source: str, directory: Path, is_local: bool, *, revision: str | None,
+                  token: str | None) -> list[Path]:
+    """The local paths of the checkpoint's safetensors files (downloaded into the cache for a Hub id); [] when it
+    has none (loading then fails with its own message)."""
+    def fetch(name: str) -> Path | None:
+        if is_local:
+            return directory / name if (directory / name).is_file() else None
+        found = _hub_file(source, name, revision=revision, token=token, required=False)
+        return Path(found) if found else None
+
+    single = fetch(_SINGLE_WEIGHTS)
+    if single is not None:
+        return [single]
+    index = fetch(_WEIGHTS_INDEX)
+    if index is None:
+        return []
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise SourceError(f"{index} is not a valid safetensors index; re-save the model with save_pretrained"
+                          ) from None
+    if any(not isinstance(shard, str) or "/" in shard or "\\" in shard for shard in shards):
+        raise SourceError(f"the safetensors index of {source} names shards outside the checkpoint; re-download or "
+                          "re-save the model")
+    files = [fetch(shard) for shard in shards]
+    if any(path is None for path in files):
+        raise SourceError(f"the safetensors index of {source} names shards that are missing; re-download or "
+                          "re-save the model")
+    return files
 
 
 def _first_line(error: BaseException) -> str:

@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 from abc import abstractmethod
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
@@ -20,6 +21,7 @@ from torch import nn
 
 from compressor.errors import CompressorError, SourceError, UnsupportedModelError
 from compressor.models.base import AttentionKernel, AttentionSite, BlockSite, FFNSite, ModelAdapter
+from compressor.models.weight_coverage import bounded_by_weights, header_totals
 
 #: the weight files read from the Hub, best first (timm's own order); .bin is read with torch.load(weights_only=True)
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -272,8 +274,12 @@ def _create_from_directory(directory: Path, *, pretrained: bool) -> nn.Module:
     import timm
     from safetensors import SafetensorError
 
+    weights = directory / "model.safetensors"
+    bound = bounded_by_weights(header_totals([weights]), str(directory)) if pretrained and weights.is_file() \
+        else nullcontext()
     try:
-        return timm.create_model(f"local-dir:{directory}", pretrained=pretrained).eval()
+        with bound:
+            return timm.create_model(f"local-dir:{directory}", pretrained=pretrained).eval()
     except (RuntimeError, OSError, ValueError, TypeError, AssertionError, SafetensorError) as error:
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise SourceError(f"cannot build the timm model in {directory}: {detail}; re-save it with "
