@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -21,18 +22,34 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from compressor.errors import CompressorError
+from compressor.output_claim import claim_output, release_output
 from compressor.output_guard import refuse_unsafe_replacement
 
 #: hidden sibling names: `.<out>.partial-<pid>-<random>` while writing, `.<out>.old-<pid>-<random>` while retiring
 STAGING_KINDS = ("partial", "old")
+#: write errors that mean the device (or the process's file-size limit) has no room for the output
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
 
-def _nearest_existing(path: Path) -> Path:
+def _nearest_existing(path: Path, out: Path) -> Path:
     while not path.exists():
+        if os.path.lexists(path):
+            raise CompressorError(f"cannot write {out}: {path} is a broken symbolic link or a link loop; choose "
+                                  "another --out or fix the link")
         path = path.parent
     return path
+
+
+def _probe_writable(directory: Path, out: Path) -> None:
+    """Create and remove a hidden directory in `directory`: permission bits say nothing to root, and nothing
+    about read-only mounts or /proc, so only trying tells whether the output can be written."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=directory))
+    except OSError as error:
+        raise CompressorError(f"cannot write {out}: {error.strerror.lower()} in {directory}; choose another --out"
+                              ) from None
 
 
 def check_output_path(out: Path, overwrite: bool, *, sources: Iterable[object] = ()) -> None:
@@ -45,11 +62,24 @@ def check_output_path(out: Path, overwrite: bool, *, sources: Iterable[object] =
         raise CompressorError(f"output {out} already exists; choose another --out or pass --overwrite")
     if out.exists():
         refuse_unsafe_replacement(out, sources=sources)
-    existing = _nearest_existing(out.parent)
+    elif os.path.lexists(out):
+        raise CompressorError(f"output {out} is a broken symbolic link or a link loop; choose another --out")
+    existing = _nearest_existing(out.parent, out)
     if not existing.is_dir():
         raise CompressorError(f"cannot write {out}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK):
-        raise CompressorError(f"cannot write {out}: no write permission in {existing}")
+    _probe_writable(existing, out)
+    if existing == out.parent:
+        claim_output(out)
+
+
+def _no_space_errno(error: BaseException) -> int | None:
+    """The errno of a write that found no room, from an OSError or from a native writer's message (safetensors
+    reports `I/O error: ... (os error 28)`); None for any other error."""
+    code = error.errno if isinstance(error, OSError) else None
+    if code is None:
+        found = re.search(r"\(os error (\d+)\)", str(error))
+        code = int(found.group(1)) if found else None
+    return code if code in _NO_SPACE else None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -153,6 +183,7 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool = False, *,
         created.append(parent)
         parent = parent.parent
     out.parent.mkdir(parents=True, exist_ok=True)
+    claim_output(out)
     remove_stale_staging(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
@@ -164,14 +195,20 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool = False, *,
         else:
             os.rename(staging, out)
         _fsync_directory(out.parent)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        release_output(out)
         for directory in created:  # innermost first
             try:
                 directory.rmdir()
             except OSError:
                 break
+        code = _no_space_errno(error)
+        if code is not None:
+            raise CompressorError(f"cannot write {out}: {os.strerror(code).lower()}; free space on that device or "
+                                  "choose another --out (nothing was written)") from None
         raise
+    release_output(out)
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> Path:

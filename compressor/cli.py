@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        from compressor.output_claim import release_all
+
+        release_all()  # a command that failed after claiming its output gives the claim back
 
 
 if __name__ == "__main__":

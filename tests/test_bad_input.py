@@ -268,6 +268,13 @@ CASES = {
     "output parent is a file": (lambda w, f: (w.joinpath("parent").write_text("x"), [
         "compress", str(f["vit"]), "--recipe", "act", "--out", "parent/out", "--quiet"])[1], "is a file"),
     "bad input size": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--input-size", "big"), "HEIGHTxWIDTH"),
+    "output under /proc": (lambda w, f: _compress(f["vit"], "--recipe", "act", out="/proc/compressor-out"),
+                           "cannot write /proc/compressor-out"),
+    "output through a symbolic link loop": (lambda w, f: (
+        w.joinpath("a").symlink_to("b"), w.joinpath("b").symlink_to("a"),
+        _compress(f["vit"], "--recipe", "act", out="a/out"))[2], "link loop"),
+    "output is a dangling symbolic link": (lambda w, f: (
+        w.joinpath("out").symlink_to("nowhere"), _compress(f["vit"], "--recipe", "act"))[1], "broken symbolic link"),
     # --overwrite replaces only an earlier output of this toolkit
     "overwrite of the current directory": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--overwrite",
                                                                    out="."), "it is the current directory"),

@@ -383,3 +383,40 @@ def test_a_thousand_generated_recipes_give_a_recipe_or_a_one_line_recipe_error(d
                                                  st.text(max_size=20)))
 def test_a_thousand_generated_overrides_give_a_recipe_or_a_one_line_recipe_error(override):
     _assert_one_line_recipe_error_or_valid(lambda: Recipe.load("act").with_overrides([override]))
+
+
+# --- checks before work ---------------------------------------------------------------------------------------------
+
+def test_a_second_run_on_the_same_output_is_refused_up_front(hf_vit_dir, tmp_path):
+    """A real second process holds the claim on `out` (as a running compress does); compress is refused at once."""
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from compressor.output_claim import "
+         "claim_output; claim_output(Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()", str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = subprocess.run([sys.executable, str(REPO / "cli.py"), "compress", str(hf_vit_dir), "--recipe", "act",
+                               "--out", str(out), "--quiet"], capture_output=True, text=True, env=ENV, timeout=300)
+    finally:
+        holder.communicate("")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "another run is writing" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
+    # once the holder is gone the claim is free, and the lock file does not outlive the run
+    assert subprocess.run([sys.executable, str(REPO / "cli.py"), "compress", str(hf_vit_dir), "--recipe", "act",
+                           "--out", str(out), "--quiet", "--latency-runs", "1"], env=ENV, timeout=300).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(hf_vit_dir, tmp_path):
+    """A real write failure: the child may write no file larger than 64 kB (RLIMIT_FSIZE, EFBIG like ENOSPC)."""
+    script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); from compressor.cli import main; "
+              "sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", script, "compress", str(hf_vit_dir), "--recipe", "act", "--out",
+                           "out", "--quiet", "--latency-runs", "1"], cwd=tmp_path, capture_output=True, text=True,
+                          env=ENV, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "file too large" in done.stderr and "nothing was written" in done.stderr
+    assert list(tmp_path.iterdir()) == []
