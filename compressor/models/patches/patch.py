@@ -67,13 +67,13 @@ class ForwardPatch:
             module.__class__ = self.patched_class(type(module))
 
     def patched_class(self, module_class: type) -> type:
-        """The subclass of `module_class`'s host class that runs this patch's forward (made once per class)."""
+        """The subclass of `module_class` (as it was before any patch) that runs this patch's forward, made once
+        per class."""
         return _patched_class(self, unpatched_class(module_class))
 
 
 @functools.cache
 def _patched_class(patch: ForwardPatch, host_class: type) -> type:
     name = f"{patch.prefix}{host_class.__name__}"
-    patched = type(name, (host_class,), {"forward": patch.forward, PATCHED_CLASS_MARKER: patch,
-                                         "__qualname__": name, "__module__": patch.forward.__module__})
-    return patched
+    return type(name, (host_class,), {"forward": patch.forward, PATCHED_CLASS_MARKER: patch, "__qualname__": name,
+                                      "__module__": patch.forward.__module__})
