@@ -11,8 +11,8 @@ from torch import nn
 from checkpoints_timm import TINY_TIMM_MODELS, create_tiny_timm_model, write_timm_checkpoint
 from compressor.errors import CompressorError, SourceError, UnsupportedModelError
 from compressor.models import AttentionKernel, AttentionSite, adapter_for
-from compressor.models.timm_common import (build_timm_model, load_processor, load_timm_model,
-                                           make_kernel_attention_class, timm_config_dict)
+from compressor.models.patches.timm import KERNEL_ATTENTION
+from compressor.models.timm_common import build_timm_model, load_processor, load_timm_model, timm_config_dict
 from compressor.models.timm_resnet import TimmResNetAdapter
 from compressor.models.timm_swin import TimmSwinAdapter
 from compressor.models.timm_vit import TimmViTAdapter
@@ -159,8 +159,8 @@ def test_exact_kernel_is_called_and_leaves_outputs_unchanged(checkpoint, request
 
     assert (routed - reference).abs().max().item() <= 1e-5
     assert [kernel.calls for kernel in kernels.values()] == [1] * len(kernels)
-    kernel_class = make_kernel_attention_class(Attention)  # made once, shared by every Attention module
-    assert kernel_class is make_kernel_attention_class(Attention)
+    kernel_class = KERNEL_ATTENTION.patched_class(Attention)  # made once, shared by every Attention module
+    assert kernel_class is KERNEL_ATTENTION.patched_class(Attention)
     assert all(type(block.attn) is kernel_class for block in model.blocks)
     assert "blocks.1.attn.attention_kernel.marker" in model.state_dict()
 

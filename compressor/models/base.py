@@ -8,13 +8,15 @@ adapter knows nothing of the passes.
 
 from __future__ import annotations
 
-import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from compressor.models.patches import ForwardPatch
 
 
 @dataclass(frozen=True)
@@ -139,17 +141,6 @@ class TokenReducer(ABC):
     def finish(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
 
-@functools.cache
-def token_reducing_class(block_class: type[nn.Module], forward: Callable) -> type[nn.Module]:
-    """A subclass of `block_class` whose forward is `forward(block, *args, **kwargs)` (a token-reducing forward).
-
-    Installing swaps a block's `__class__` (as ToMe patches timm): parameters, names and the state dict stay.
-    """
-    reducing = type(f"TokenReducing{block_class.__name__}", (block_class,), {"forward": forward})
-    reducing.__qualname__ = reducing.__name__
-    return reducing
-
-
 class ModelAdapter(ABC):
     """Describes one model family. Subclasses set the class attributes and implement the abstract methods."""
 
@@ -241,8 +232,8 @@ class ModelAdapter(ABC):
         return self.model.get_submodule(name)
 
     # --- token reduction (token_merge, token_clip) ---------------------------------------------------------------
-    #: the token-reducing forward of this family's blocks, `forward(block, *args, **kwargs)`; None: unsupported
-    token_block_forward: ClassVar[Callable | None] = None
+    #: the token-reducing forward of this family's blocks (see `compressor.models.patches`); None: unsupported
+    token_block_patch: ClassVar[ForwardPatch | None] = None
     #: the token reductions this family's blocks support: "merge" (ToMe) and "clip"
     token_reduction_methods: ClassVar[tuple[str, ...]] = ("merge", "clip")
 
@@ -256,20 +247,20 @@ class ModelAdapter(ABC):
         return True
 
     def install_token_reducer(self, reducer: Any) -> None:
-        """Make every block of `token_reduction_blocks` run `token_block_forward`, driven by `reducer` (a
+        """Make every block of `token_reduction_blocks` run `token_block_patch`, driven by `reducer` (a
         `TokenReducer`, or for windowed attention a `compressor.ops.window_tokens.WindowTokenReducer`)."""
         from compressor.errors import CompressorError
 
         sites = self.token_reduction_blocks()
-        if not sites or type(self).token_block_forward is None:
+        patch = type(self).token_block_patch
+        if not sites or patch is None:
             raise CompressorError(f"token reduction is not supported for {self.display_name} models")
         if self.token_reducer() is not None:
             raise CompressorError("this model already has a token reducer (token_merge and token_clip cannot run "
                                   "on the same model); keep one of the two passes")
-        forward = type(self).token_block_forward
-        for index, site in enumerate(sites):
-            block = self.module(site.name)
-            block.__class__ = token_reducing_class(type(block), forward)
+        blocks = {site.name: self.module(site.name) for site in sites}
+        patch.install(blocks)
+        for index, block in enumerate(blocks.values()):
             block.token_reducer, block.token_block = reducer, index
             block.token_last = index == len(sites) - 1
 

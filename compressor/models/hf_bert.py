@@ -15,9 +15,8 @@ import torch
 
 from compressor.errors import CompressorError
 from compressor.models.base import AttentionSite, BlockSite, FFNSite, TokenLayout
-from compressor.models.hf_common import HFAdapter, real_tokens
-from compressor.ops.token_reduction import block_attention
-from compressor.ops.tokens import split_heads
+from compressor.models.hf_common import HFAdapter
+from compressor.models.patches.transformers import TOKEN_REDUCING_BERT_LAYER
 
 #: sentence-transformers' max_seq_length for MiniLM-style encoders; longer texts are truncated
 DEFAULT_MAX_LENGTH = 256
@@ -26,25 +25,6 @@ DEFAULT_SEQUENCE_LENGTH = 128
 BERT_CLS_ID, BERT_SEP_ID = 101, 102
 #: ids below this are [PAD], [unusedN] and special tokens in the standard vocabularies
 FIRST_WORDPIECE_ID = 999
-
-
-def token_reducing_layer_forward(layer, hidden_states: torch.Tensor, attention_mask=None, *args, **kwargs
-                                 ) -> torch.Tensor:
-    """BertLayer.forward (post-norm encoder, inference) with the tokens reduced between attention and FFN.
-
-    Padding enters the reducer as size-0 tokens at the first layer; from then on the reducer's bias masks it.
-    """
-    reducer, attention = layer.token_reducer, layer.attention.self
-    if layer.token_block == 0:
-        reducer.start(hidden_states, padding=real_tokens(attention_mask, hidden_states.shape[0]))
-    q, k, v = (split_heads(projection(hidden_states), attention.attention_head_size)
-               for projection in (attention.query, attention.key, attention.value))
-    attended, metric, importance = block_attention(layer, attention, q, k, v, attention.scaling)
-    output = layer.attention.output
-    hidden_states = output.LayerNorm(output.dense(attended) + hidden_states)
-    hidden_states = reducer.reduce(layer.token_block, hidden_states, metric, importance)
-    hidden_states = layer.output.LayerNorm(layer.output.dense(layer.intermediate(hidden_states)) + hidden_states)
-    return reducer.finish(hidden_states) if layer.token_last else hidden_states
 
 
 class HFBertAdapter(HFAdapter):
@@ -88,7 +68,7 @@ class HFBertAdapter(HFAdapter):
         return TokenLayout(prefix_tokens=("cls",), sequence_length=int(inputs["input_ids"].shape[1]), text=True)
 
     # --- token reduction ------------------------------------------------------------------------------------------
-    token_block_forward = token_reducing_layer_forward
+    token_block_patch = TOKEN_REDUCING_BERT_LAYER
 
     def token_reduction_blocks(self) -> list[BlockSite]:
         """Encoder layers only: a BERT decoder's causal and cross attention are not reduced."""

@@ -98,16 +98,6 @@ def flatten_per_example(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(tensor.shape[0], -1)
 
 
-def real_tokens(attention_mask: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-    """(batch, tokens) bool, True for real tokens, from the key-padding mask an encoder layer receives (bool (batch, 1, q, k) with
-    True where attended, an additive float mask, or None when nothing is padded)."""
-    if attention_mask is None:
-        return None
-    row = attention_mask.reshape(attention_mask.shape[0], -1, attention_mask.shape[-1])[:, -1]
-    valid = row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2
-    return valid.expand(batch, -1)
-
-
 def as_pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(value, (tuple, list)):
         return int(value[0]), int(value[1])

@@ -17,9 +17,8 @@ from typing import Any
 import torch
 
 from compressor.models.base import AttentionSite, BlockSite, FFNSite, TokenLayout
-from compressor.models.hf_common import HFVisionAdapter, flatten_per_example, real_tokens, size_field
-from compressor.ops.token_reduction import block_attention
-from compressor.ops.tokens import split_heads
+from compressor.models.hf_common import HFVisionAdapter, flatten_per_example, size_field
+from compressor.models.patches.transformers import TOKEN_REDUCING_DETR_ENCODER_LAYER
 
 #: the size DETR is benchmarked at: a 640×480 COCO image resized to shortest edge 800 (DetrImageProcessor defaults)
 COCO_BENCHMARK_SIZE = (800, 1066)
@@ -31,26 +30,6 @@ def _layer_classes() -> tuple[type, type]:
     from transformers.models.detr.modeling_detr import DetrDecoderLayer, DetrEncoderLayer
 
     return DetrEncoderLayer, DetrDecoderLayer
-
-
-def token_reducing_encoder_layer_forward(layer, hidden_states: torch.Tensor, attention_mask=None,
-                                         spatial_position_embeddings=None, **kwargs) -> torch.Tensor:
-    """DetrEncoderLayer.forward (post-norm, inference) with the tokens reduced after the whole layer: a token that
-    leaves has been through complete layers only, and passes the remaining ones unchanged (sparse updates)."""
-    reducer, attention = layer.token_reducer, layer.self_attn
-    if layer.token_block == 0:
-        reducer.start(hidden_states, padding=real_tokens(attention_mask, hidden_states.shape[0]),
-                      position=spatial_position_embeddings)
-    position = reducer.position()
-    query_key_input = hidden_states + position if position is not None else hidden_states
-    q, k = (split_heads(projection(query_key_input), attention.head_dim)
-            for projection in (attention.q_proj, attention.k_proj))
-    v = split_heads(attention.v_proj(hidden_states), attention.head_dim)
-    attended, metric, importance = block_attention(layer, attention, q, k, v, attention.scaling)
-    hidden_states = layer.self_attn_layer_norm(hidden_states + attention.o_proj(attended))
-    hidden_states = layer.final_layer_norm(hidden_states + layer.mlp(hidden_states))
-    hidden_states = reducer.reduce(layer.token_block, hidden_states, metric, importance)
-    return reducer.finish(hidden_states) if layer.token_last else hidden_states
 
 
 class HFDetrAdapter(HFVisionAdapter):
@@ -92,7 +71,7 @@ class HFDetrAdapter(HFVisionAdapter):
                           ffn=f"{name}.mlp") for stack, name, index in self._layers()]
 
     # --- token reduction ------------------------------------------------------------------------------------------
-    token_block_forward = token_reducing_encoder_layer_forward
+    token_block_patch = TOKEN_REDUCING_DETR_ENCODER_LAYER
 
     def token_reduction_blocks(self) -> list[BlockSite]:
         """The encoder layers; the decoder cross-attends the restored full feature map."""

@@ -15,36 +15,7 @@ import torch
 
 from compressor.models.base import AttentionSite, BlockSite, FFNSite, TokenLayout
 from compressor.models.hf_common import HFVisionAdapter, as_pair
-from compressor.ops.tokens import split_heads
-
-
-def token_reducing_layer_forward(layer, hidden_states: torch.Tensor, input_dimensions: tuple[int, int],
-                                 always_partition: bool = False, **kwargs) -> tuple[torch.Tensor, None]:
-    """SwinLayer.forward (inference) keeping the same number of tokens in every window (see
-    `compressor.ops.window_tokens`); attention weights are not returned."""
-    reducer = layer.token_reducer
-    if layer.token_block == 0:
-        reducer.start(hidden_states.shape[1])
-    if reducer.uses_original_forward(layer.token_block):
-        output = super(type(layer), layer).forward(hidden_states, input_dimensions, always_partition, **kwargs)
-        reducer.record(hidden_states.shape[1], 1.0)
-        return output[0], None
-    if not always_partition:
-        layer.set_shift_and_window_size(input_dimensions)
-    attention = layer.attention
-    height, width = input_dimensions
-    window, shift = int(layer.window_size), int(layer.shift_size)
-    padded = (-(-height // window) * window, -(-width // window) * window)
-    hidden_states = reducer.run_block(
-        layer.token_block, hidden_states, (height, width), (window, window), (shift, shift), pad_then_roll=True,
-        norm=layer.layernorm_before,
-        qkv=lambda x: tuple(split_heads(p(x), attention.head_dim)
-                            for p in (attention.q_proj, attention.k_proj, attention.v_proj)),
-        output=attention.o_proj, ffn=lambda x: layer.mlp(layer.layernorm_after(x)),
-        position_bias=attention.relative_position_bias()[0],
-        shift_mask=layer.get_attn_mask(*padded, dtype=hidden_states.dtype, device=hidden_states.device),
-        scale=attention.scaling)
-    return hidden_states, None
+from compressor.models.patches.transformers import TOKEN_REDUCING_SWIN_LAYER
 
 
 class HFSwinAdapter(HFVisionAdapter):
@@ -81,7 +52,7 @@ class HFSwinAdapter(HFVisionAdapter):
                           ffn=f"{name}.mlp") for stack, index, name in self._blocks_by_stage()]
 
     # --- token reduction ------------------------------------------------------------------------------------------
-    token_block_forward = token_reducing_layer_forward
+    token_block_patch = TOKEN_REDUCING_SWIN_LAYER
     token_reduction_methods = ("clip",)
 
     def token_reduction_blocks(self) -> list[BlockSite]:

@@ -14,8 +14,7 @@ import torch
 
 from compressor.models.base import AttentionSite, BlockSite, FFNSite, TokenLayout
 from compressor.models.hf_common import HFVisionAdapter, as_pair
-from compressor.ops.token_reduction import block_attention
-from compressor.ops.tokens import split_heads
+from compressor.models.patches.transformers import TOKEN_REDUCING_VIT_LAYER
 
 
 def _layer_classes() -> tuple[type, ...]:
@@ -23,20 +22,6 @@ def _layer_classes() -> tuple[type, ...]:
     from transformers.models.vit.modeling_vit import ViTLayer
 
     return ViTLayer, DeiTLayer
-
-
-def token_reducing_layer_forward(layer, hidden_states: torch.Tensor, attention_mask=None, **kwargs) -> torch.Tensor:
-    """ViTLayer / DeiTLayer.forward (pre-norm, inference) with the tokens reduced between attention and MLP."""
-    reducer, attention = layer.token_reducer, layer.attention
-    if layer.token_block == 0:
-        reducer.start(hidden_states)
-    normed = layer.layernorm_before(hidden_states)
-    q, k, v = (split_heads(projection(normed), attention.head_dim)
-               for projection in (attention.q_proj, attention.k_proj, attention.v_proj))
-    attended, metric, importance = block_attention(layer, attention, q, k, v, attention.scaling)
-    hidden_states = reducer.reduce(layer.token_block, attention.o_proj(attended) + hidden_states, metric, importance)
-    hidden_states = hidden_states + layer.mlp(layer.layernorm_after(hidden_states))
-    return reducer.finish(hidden_states) if layer.token_last else hidden_states
 
 
 class HFViTAdapter(HFVisionAdapter):
@@ -79,7 +64,7 @@ class HFViTAdapter(HFVisionAdapter):
                            sequence_length=len(self.prefix_tokens) + grid[0] * grid[1])
 
     # --- token reduction ------------------------------------------------------------------------------------------
-    token_block_forward = token_reducing_layer_forward
+    token_block_patch = TOKEN_REDUCING_VIT_LAYER
 
     def token_reduction_blocks(self) -> list[BlockSite]:
         return self.blocks()

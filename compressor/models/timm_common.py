@@ -6,7 +6,6 @@ model can only be a timm model once something has imported timm, so transformers
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ from torch import nn
 
 from compressor.errors import CompressorError, SourceError, UnsupportedModelError
 from compressor.models.base import AttentionKernel, AttentionSite, BlockSite, FFNSite, ModelAdapter
+from compressor.models.patches.timm import KERNEL_ATTENTION
 from compressor.models.weight_coverage import bounded_by_weights, header_totals
 
 #: the weight files read from the Hub, best first (timm's own order); .bin is read with torch.load(weights_only=True)
@@ -35,55 +35,13 @@ def timm_is_loaded() -> bool:
 # ----------------------------------------------------------------------------------------------------------------
 # Attention kernels
 # ----------------------------------------------------------------------------------------------------------------
-@functools.cache
-def make_kernel_attention_class(attention_class: type[nn.Module]) -> type[nn.Module]:
-    """A subclass of `attention_class` (timm.layers.Attention) that routes softmax(qkᵀ)v through its kernel.
-
-    Installing swaps a module's `__class__` to this subclass (ToMe's approach): parameters, names and the
-    state-dict layout stay as they are. One subclass is made per original class, so modules of the same class
-    share it. The forward mirrors timm 1.0.31's `Attention.forward` line for line, except that attention dropout
-    is not applied (a kernel sees no attention matrix to drop from).
-
-    Without an `attention_kernel` submodule (after `ModelAdapter.remove_attention_kernel` deletes it) the forward
-    is timm's own `Attention.forward`, so removing a kernel restores the original outputs exactly.
-    """
-
-    class KernelAttention(attention_class):
-        attention_kernel: AttentionKernel
-
-        def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                    is_causal: bool = False) -> torch.Tensor:
-            if "attention_kernel" not in self._modules:  # kernel removed: exact attention, timm's own forward
-                return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-            batch, tokens, _ = x.shape
-            gate = self.gate(x).sigmoid() if self.gate is not None else None
-            qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)
-            q, k = self.q_norm(q), self.k_norm(k)
-            if is_causal:  # timm lets is_causal take precedence over attn_mask
-                attn_mask = torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril()
-            x = self.attention_kernel(q, k, v, attn_mask, self.scale)
-            x = x.transpose(1, 2).reshape(batch, tokens, self.attn_dim)
-            x = self.norm(x)
-            if gate is not None:
-                x = x * gate
-            x = self.proj(x)
-            return self.proj_drop(x)
-
-    KernelAttention.__name__ = KernelAttention.__qualname__ = f"Kernel{attention_class.__name__}"
-    return KernelAttention
-
-
 def install_timm_attention_kernel(module: nn.Module, name: str, kernel: AttentionKernel) -> None:
     """Route the timm attention `module` (called `name` in messages) through `kernel`, or say why it cannot be."""
-    from timm.layers import Attention
-
-    kernel_class = make_kernel_attention_class(Attention)
-    if type(module) not in (Attention, kernel_class):
+    if not KERNEL_ATTENTION.applies_to(type(module)):
         raise CompressorError(
             f"{name} is a timm {type(module).__name__}: only global self-attention (timm.layers.Attention) can be "
             "routed through an attention kernel yet; leave this module out of the pass's targets")
-    module.__class__ = kernel_class
+    KERNEL_ATTENTION.install({name: module})
     module.add_module("attention_kernel", kernel)
 
 

@@ -8,34 +8,12 @@ import torch
 from torch import nn
 
 from compressor.models.base import BlockSite, TokenLayout
+from compressor.models.patches import unpatched_class
+from compressor.models.patches.timm import TOKEN_REDUCING_VIT_BLOCK
 from compressor.models.timm_common import TimmTransformerAdapter, timm_is_loaded
-from compressor.ops.token_reduction import block_attention
 
 #: the names of the distillation and class tokens, by the model attribute holding each
 _PREFIX_TOKEN_ATTRIBUTES = (("cls_token", "cls"), ("dist_token", "distillation"))
-
-
-def token_reducing_block_forward(block, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                                 is_causal: bool = False) -> torch.Tensor:
-    """timm's Block.forward (inference) with the tokens reduced between attention and MLP."""
-    reducer, attention = block.token_reducer, block.attn
-    if attn_mask is not None or is_causal:
-        raise ValueError("token-reduced timm ViT blocks take no attention mask")
-    if block.token_block == 0:
-        reducer.start(x)
-    normed = block.norm1(x)
-    batch, tokens, _ = normed.shape
-    qkv = attention.qkv(normed).reshape(batch, tokens, 3, attention.num_heads, attention.head_dim)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = attention.q_norm(q), attention.k_norm(k)
-    attended, metric, importance = block_attention(block, attention, q, k, v, attention.scale)
-    attended = attention.norm(attended)
-    if getattr(attention, "gate", None) is not None:
-        attended = attended * attention.gate(normed).sigmoid()
-    x = x + block.ls1(attention.proj(attended))
-    x = reducer.reduce(block.token_block, x, metric, importance)
-    x = x + block.ls2(block.mlp(block.norm2(x)))
-    return reducer.finish(x) if block.token_last else x
 
 
 class TimmViTAdapter(TimmTransformerAdapter):
@@ -64,17 +42,14 @@ class TimmViTAdapter(TimmTransformerAdapter):
             yield "encoder", index, f"blocks.{index}", block
 
     # --- token reduction ------------------------------------------------------------------------------------------
-    token_block_forward = token_reducing_block_forward
+    token_block_patch = TOKEN_REDUCING_VIT_BLOCK
 
     def token_reduction_blocks(self) -> list[BlockSite]:
         """Blocks with timm's standard `Attention` (others compute attention their own way)."""
         from timm.layers import Attention
 
-        from compressor.models.timm_common import make_kernel_attention_class
-
-        supported = (Attention, make_kernel_attention_class(Attention))
         blocks = self.blocks()
-        return blocks if all(type(self.module(b.attention)) in supported for b in blocks) else []
+        return blocks if all(unpatched_class(type(self.module(b.attention))) is Attention for b in blocks) else []
 
     def output_needs_all_tokens(self) -> bool:
         """Class-token pooling reads the prefix tokens only; average or attention pooling reads every token."""
