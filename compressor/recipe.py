@@ -14,8 +14,9 @@ A recipe may end with a training step, `distill` (usually in its own `distill_st
 distillation settings (`compressor.distill.settings`); `compress` runs it after the passes, from the original model
 as teacher.
 
-Everything about parameters comes from the pass registry (`Pass.all_params()`), so a new pass needs no change
-here. Validation walks the YAML node tree itself (`yaml.compose`, safe loading only) so that every mistake is
+Everything about parameters comes from their one declaration (`Pass.all_params()`, the distillation settings),
+checked by the pydantic schema built from it (`compressor.settings_schema`), so a new pass needs no change here.
+Validation walks the YAML node tree itself (`yaml.compose`, safe loading only) so that every mistake is
 reported as one line `file:line: dotted.path ...` saying what is wrong and what is allowed.
 """
 
@@ -35,6 +36,7 @@ import compressor
 from compressor.distill.settings import DISTILL, DISTILL_PARAMS
 from compressor.errors import RecipeError
 from compressor.passes import AUTO, PASSES, Param, Pass
+from compressor.settings_schema import InvalidSetting, check_setting, show_value
 
 #: where the built-in recipes live: `recipes/<name>.yaml` at the repository root
 RECIPES_DIR = Path(compressor.__file__).resolve().parents[1] / "recipes"
@@ -184,8 +186,8 @@ class Recipe:
             raise RecipeError(f"{prefix}: the value is not a valid YAML scalar or flow list: "
                               f"{_yaml_problem(exc)}") from None
         try:
-            spec.params[param_name] = _coerce(param_name, params[param_name], value)
-        except _Invalid as invalid:
+            spec.params[param_name] = _coerce(spec.name, param_name, value)
+        except InvalidSetting as invalid:
             raise RecipeError(f"{prefix}: {key} {invalid.problem}") from None
 
     def _spec_for_override(self, prefix: str, parts: list[str]) -> PassSpec:
@@ -254,104 +256,31 @@ def yaml_text(data: Any) -> str:
 
 # --- checking one parameter value (shared by files and --set) -------------------------------------------------
 
-class _Invalid(Exception):
-    """A value a parameter does not accept; `index` points into a list value when one item is at fault."""
-
-    def __init__(self, problem: str, index: int | None = None):
-        super().__init__(problem)
-        self.problem, self.index = problem, index
-
-
-def _show(value: Any) -> str:
-    """A value as the user would recognise it in YAML terms, short enough for one line."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a mapping"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-#: a number in exponent notation without a dot, which PyYAML (YAML 1.1) leaves as a string
-_YAML12_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _as_type(type_name: str, value: Any) -> tuple[bool, Any]:
-    """(accepted, value converted) for a scalar type: no bool for numbers, an int is a fine float."""
-    if type_name == "int":
-        accepted = isinstance(value, int) and not isinstance(value, bool)
-        return accepted, int(value) if accepted else value
-    if type_name == "float":
-        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads `1e-5` (no dot) as a string; YAML 1.2 and users read a number
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False, value
-        try:
-            number = float(value)
-        except OverflowError:
-            return False, value
-        return math.isfinite(number), number
-    if type_name == "bool":
-        return isinstance(value, bool), value
-    if type_name == "str":
-        return isinstance(value, str), str(value) if isinstance(value, str) else value
-    raise ValueError(f"unknown parameter type {type_name!r}")
-
-
-def _allowed(param: Param, value: Any) -> bool:
-    if param.choices is not None and value not in param.choices:
-        return False
-    if isinstance(value, (int, float)):
-        return ((param.greater_than is None or value > param.greater_than)
-                and (param.minimum is None or value >= param.minimum)
-                and (param.maximum is None or value <= param.maximum))
-    return True
-
-
-def _coerce(name: str, param: Param, value: Any) -> Any:
-    """`value` checked against `param` and normalised (int → float, a lone string → [string]); or `_Invalid`."""
-    expects = f"expects {param.describe_allowed()}"
-    if value is None and param.nullable:
-        return None
-    if not param.type.startswith("list["):
-        accepted, converted = _as_type(param.type, value)
-        if not accepted or not _allowed(param, converted):
-            raise _Invalid(f"{expects}, got {_show(value)}")
-        return converted
-    item_type = param.type[len("list["):-1]
-    if item_type == "str" and isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)):
-        raise _Invalid(f"{expects}, got {_show(value)}")
-    items = []
-    for index, item in enumerate(value):
-        accepted, converted = _as_type(item_type, item)
-        if not accepted or not _allowed(param, converted):
-            raise _Invalid(f"{expects}, got {_show(item)} at [{index}]", index)
-        items.append(converted)
+def _coerce(step: str, name: str, value: Any) -> Any:
+    """`value` checked against the schema of `step`'s parameter `name` and normalised, patterns included; or
+    `InvalidSetting`."""
+    value = check_setting(step, step_params(step), name, value)
     if name in PATTERN_PARAMS:
-        _check_patterns(name, items)
-    return items
+        _check_patterns(name, value)
+    return value
 
 
 def _check_patterns(name: str, patterns: list[str]) -> None:
     """Catch the pattern mistakes visible without a model: nothing targeted, empty names, broken regexes."""
     if name == "targets" and not patterns:
-        raise _Invalid(f"expects at least one pattern ({AUTO}, a module name, a glob or {REGEX_PREFIX}<regex>), "
+        raise InvalidSetting(f"expects at least one pattern ({AUTO}, a module name, a glob or {REGEX_PREFIX}<regex>), "
                        "got []; to skip a pass, remove it from the recipe")
     for index, pattern in enumerate(patterns):
         if not pattern.strip():
-            raise _Invalid(f"expects non-empty patterns, got {pattern!r} at [{index}]", index)
+            raise InvalidSetting(f"expects non-empty patterns, got {pattern!r} at [{index}]", index)
         if name != "targets" and pattern == AUTO:
-            raise _Invalid(f"got {AUTO!r} at [{index}], which is only meaningful in targets; use module names, "
+            raise InvalidSetting(f"got {AUTO!r} at [{index}], which is only meaningful in targets; use module names, "
                            f"globs or {REGEX_PREFIX}<regex>", index)
         if pattern.startswith(REGEX_PREFIX):
             try:
                 re.compile(pattern[len(REGEX_PREFIX):])
             except re.error as exc:
-                raise _Invalid(f"got {pattern!r} at [{index}], which is not a valid regular expression "
+                raise InvalidSetting(f"got {pattern!r} at [{index}], which is not a valid regular expression "
                                f"({exc}); write {REGEX_PREFIX}<Python regex>", index) from None
 
 
@@ -513,7 +442,7 @@ class _Validator:
             key = key_node.value
             if key_node.kind != "scalar" or not isinstance(key, str):
                 self.fail(key_node, path or "top level",
-                          f"keys must be strings, got {_show(key_node.plain())}; quote it if it is a name")
+                          f"keys must be strings, got {show_value(key_node.plain())}; quote it if it is a name")
             if key in first_line:
                 earlier = f" (first at line {first_line[key]})" if first_line[key] is not None else ""
                 self.fail(key_node, _join(path, key), f"duplicate key{earlier}; each key may appear once in a "
@@ -525,7 +454,7 @@ class _Validator:
     def recipe(self, root: _Node, source: str) -> Recipe:
         if root.kind != "map":
             self.fail(root, "", f"the recipe must be a mapping with `description` and stages (top-level keys "
-                                f"ending in {STAGE_SUFFIX}), got {_show(root.plain())}")
+                                f"ending in {STAGE_SUFFIX}), got {show_value(root.plain())}")
         description, stages = "", []
         for key, key_node, value in self.entries(root, ""):
             if key == "description":
@@ -570,7 +499,7 @@ class _Validator:
     def description(self, node: _Node) -> str:
         text = node.value if node.kind == "scalar" else None
         if not isinstance(text, str) or len(text.strip().splitlines()) > 1:
-            self.fail(node, "description", f"expects one line of text, got {_show(node.plain())}",
+            self.fail(node, "description", f"expects one line of text, got {show_value(node.plain())}",
                       separator=" ")
         return text.strip()
 
@@ -580,7 +509,7 @@ class _Validator:
             self.fail(key_node, name, f"the stage is empty; add at least one pass (known passes: {known})")
         if node.kind != "map":
             self.fail(node, name, f"a stage must be a mapping of pass names to their parameters (known passes: "
-                                  f"{known}), got {_show(node.plain())}")
+                                  f"{known}), got {show_value(node.plain())}")
         passes = []
         for pass_name, pass_key, pass_value in self.entries(node, name):
             if pass_name not in PASSES and pass_name != DISTILL:
@@ -598,7 +527,7 @@ class _Validator:
             return PassSpec(stage, name, values, plan, key_node.line)
         if node.kind != "map":
             self.fail(node, path, f"expects a mapping of parameters (or nothing, for all defaults), got "
-                                  f"{_show(node.plain())}; {name} parameters: {', '.join(params)}")
+                                  f"{show_value(node.plain())}; {name} parameters: {', '.join(params)}")
         for key, param_key, value in self.entries(node, path):
             if key == PLAN_KEY and name != DISTILL:
                 plan = self.plan(value, _join(path, key))
@@ -606,15 +535,13 @@ class _Validator:
                 self.fail(param_key, _join(path, key),
                           _unknown(f"{name} parameter", key, [*params] + ([PLAN_KEY] * (name != DISTILL))))
             else:
-                values[key] = self.param(params[key], key, value, _join(path, key))
+                values[key] = self.param(name, key, value, _join(path, key))
         return PassSpec(stage, name, values, plan, key_node.line)
 
-    def param(self, param: Param, name: str, node: _Node, path: str) -> Any:
-        if node.kind == "map":
-            self.fail(node, path, f"expects {param.describe_allowed()}, got a mapping", separator=" ")
+    def param(self, step: str, name: str, node: _Node, path: str) -> Any:
         try:
-            return _coerce(name, param, node.plain())
-        except _Invalid as invalid:
+            return _coerce(step, name, node.plain())
+        except InvalidSetting as invalid:
             culprit = node.value[invalid.index] if invalid.index is not None and node.kind == "seq" else node
             self.fail(culprit, path, invalid.problem, separator=" ")
 
@@ -625,18 +552,18 @@ class _Validator:
         shape = "a mapping of site name to a mapping of settings (e.g. `encoder.layers.0.self_attn: " \
                 "{bucket_width: 4.0}`)"
         if node.kind != "map":
-            self.fail(node, path, f"expects {shape}, got {_show(node.plain())}", separator=" ")
+            self.fail(node, path, f"expects {shape}, got {show_value(node.plain())}", separator=" ")
         plan = {}
         for site, _, settings_node in self.entries(node, path):
             site_path = _join(path, site)
             if settings_node.kind != "map":
                 self.fail(settings_node, site_path, f"expects a mapping of setting name to value; {path} is "
-                                                    f"{shape}, got {_show(settings_node.plain())}", separator=" ")
+                                                    f"{shape}, got {show_value(settings_node.plain())}", separator=" ")
             settings = {}
             for setting, _, value in self.entries(settings_node, site_path):
                 if value.kind != "scalar" or not _is_plan_scalar(value.value):
                     self.fail(value, _join(site_path, setting), "expects a scalar (a string, number, true/false "
-                                                                f"or null), got {_show(value.plain())}",
+                                                                f"or null), got {show_value(value.plain())}",
                               separator=" ")
                 settings[setting] = _plain_scalar(value.value)
             plan[site] = settings
