@@ -1,15 +1,18 @@
 """A recipe's `distill` step, run by `compress` after the passes, so one command gives the finished model.
 
-It is the two commands chained (`compress`, then `distill` from the original as teacher) with the training run kept
-beside the output, in `OUT.distill/`: `student/` (the compressed model before training), the accelerate checkpoints,
-`log.jsonl` and `distill.json`. The output directory itself only appears, atomically, once training has finished,
-holding the best student; the checkpoints are removed then. A run that was stopped continues with
+It is the two commands chained (`compress`, then `distill` from the original as teacher), in memory: the compressed
+model is the student and the original, kept by `compress` before the passes, is the teacher, so nothing is reloaded.
+The training run is kept beside the output, in `OUT.distill/`: `student/` (the compressed model before training,
+written once as the point a stopped run resumes from), the accelerate checkpoints, `log.jsonl` and `distill.json`.
+The output directory itself only appears, atomically, once training has finished, holding the best student; the
+checkpoints are removed then. A run that was stopped continues with
 `cli.py distill OUT.distill/student --out OUT.distill --resume` (printed when training starts).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -76,27 +79,49 @@ def run_distill_step(result, out: Path, *, progress: bool = True, overwrite: boo
     from compressor.data.loading import load_labelled
     from compressor.distill.trainer import CHECKPOINTS, Distiller
     from compressor.pipeline import log
-    from compressor.serialization import save
-    from compressor.sources import load_source
 
     params = result.recipe.distill().params
     work = training_directory(out)
     shutil.rmtree(work, ignore_errors=True)  # an earlier run, which --overwrite allowed to replace
-    save(result, work / STUDENT)
+    student = _student_with_resume_point(result, work / STUDENT)
     log(f"{DISTILL}: training in {work} (if stopped, continue with `{resume_command(out)}`)", progress)
-    student = load_source(str(work / STUDENT))
-    teacher_source = params["teacher"] or result.report["source"]
-    teacher = load_source(teacher_source, revision=None if params["teacher"] else revision,
-                          trust_remote_code=trust_remote_code)
+    teacher = _teacher(result, params["teacher"], revision=revision, trust_remote_code=trust_remote_code)
     data = load_labelled(params["data"]).subset(params["limit"])
     eval_data = load_labelled(params["eval_data"]).subset(params["eval_limit"]) if params["eval_data"] else None
     summary = Distiller(student, teacher, data, work, config_from_params(params), eval_data, progress=progress,
                         recipe=result.recipe).run()
+    result.model.eval()  # the last step's student; the best one is what `out` receives
+    result.original = None  # the teacher is no longer needed
     with atomic_directory(out, overwrite=overwrite) as staging:
         shutil.copytree(work / "best", staging, dirs_exist_ok=True)
     shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
     shutil.rmtree(work / "best", ignore_errors=True)
     return summary
+
+
+def _student_with_resume_point(result, directory: Path):
+    """The compressed model in memory as the student, after writing it once to `directory`: the starting point
+    `cli.py distill --resume` rebuilds, and where the trainer reads the report and recipe the best student keeps."""
+    from compressor.serialization import save
+    from compressor.sources import COMPRESSION_KEY, read_config
+
+    save(result, directory)
+    return dataclasses.replace(result.loaded, source=str(directory), directory=directory,
+                               compression=read_config(directory)[COMPRESSION_KEY])
+
+
+def _teacher(result, teacher: str | None, *, revision: str | None, trust_remote_code: bool):
+    """The step's teacher: the named source, else the original `compress` kept before the passes (loaded again
+    only for a result that did not keep it)."""
+    from compressor.models import adapter_for
+    from compressor.sources import LoadedModel, load_source
+
+    if teacher is None and result.original is not None:
+        loaded = result.loaded
+        return LoadedModel(result.original, adapter_for(result.original, loaded.adapter.processor),
+                           result.report["source"], loaded.base_model)
+    return load_source(teacher or result.report["source"], revision=None if teacher else revision,
+                       trust_remote_code=trust_remote_code)
 
 
 def distill_and_save(result, out, *, data: str | None = None, eval_data: str | None = None,
