@@ -35,6 +35,7 @@ import yaml
 import compressor
 from compressor.distill.settings import DISTILL, DISTILL_PARAMS
 from compressor.errors import RecipeError
+from compressor.located_yaml import YAML_SCALARS, Located, yaml_problem
 from compressor.passes import AUTO, PASSES, Param, Pass
 from compressor.settings_schema import InvalidSetting, check_setting, show_value
 
@@ -50,7 +51,7 @@ PLAN_KEY = "plan"
 PATTERN_PARAMS = ("targets", "ignore")
 REGEX_PREFIX = "re:"
 #: what a plan setting may hold: what YAML writes and reads back unchanged
-PLAN_SCALARS = (str, int, float, bool, type(None))
+PLAN_SCALARS = YAML_SCALARS
 OVERRIDE_FORMS = "<pass>.<param>=<value> or <stage>.<pass>.<param>=<value>"
 
 
@@ -145,7 +146,7 @@ class Recipe:
     def from_dict(cls, data: Any, source: str = "<recipe>") -> Recipe:
         """Validate plain data shaped like the YAML (errors have no line numbers)."""
         try:
-            return _Validator(source).recipe(_Node.from_data(data), source)
+            return _Validator(source).recipe(Located.from_data(data), source)
         except RecursionError:
             raise RecipeError(f"{source}: the recipe is nested too deeply") from None
 
@@ -165,7 +166,7 @@ class Recipe:
         validator = _Validator(self.source)
         recipe = copy.deepcopy(self)
         for spec, plan in zip(recipe.passes(), plans):
-            spec.plan = validator.plan(_Node.from_data(plan), f"{spec.stage}.{spec.name}.{PLAN_KEY}")
+            spec.plan = validator.plan(Located.from_data(plan), f"{spec.stage}.{spec.name}.{PLAN_KEY}")
         return recipe
 
     def _apply_override(self, override: str) -> None:
@@ -184,7 +185,7 @@ class Recipe:
             value = yaml.safe_load(text)
         except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise RecipeError(f"{prefix}: the value is not a valid YAML scalar or flow list: "
-                              f"{_yaml_problem(exc)}") from None
+                              f"{yaml_problem(exc)}") from None
         try:
             spec.params[param_name] = _coerce(spec.name, param_name, value)
         except InvalidSetting as invalid:
@@ -294,53 +295,6 @@ def _unknown(kind: str, key: str, known: Sequence[str]) -> str:
     return f"unknown {kind} {key!r}{_did_you_mean(key, known)}; allowed: {', '.join(known) or 'none'}"
 
 
-def _yaml_problem(exc: BaseException) -> str:
-    """yaml's explanation as one line, with the column when it knows it."""
-    if isinstance(exc, yaml.MarkedYAMLError):
-        context = f"{exc.context}, " if exc.context else ""
-        column = f" at column {exc.problem_mark.column + 1}" if exc.problem_mark else ""
-        return f"{context}{exc.problem or 'unreadable'}{column}"
-    return str(exc) or type(exc).__name__
-
-
-# --- the recipe as located values ----------------------------------------------------------------------------
-
-@dataclass
-class _Node:
-    """A value of the recipe and the line it came from (None for dicts), so every error can point at it.
-
-    `value` is the Python scalar for "scalar", a list of `_Node` for "seq", and a list of (key, value) `_Node`
-    pairs for "map": duplicates are kept so that validation can report them.
-    """
-
-    kind: str
-    value: Any
-    line: int | None
-
-    @classmethod
-    def from_data(cls, data: Any) -> _Node:
-        if isinstance(data, dict):
-            return cls("map", [(cls.from_data(k), cls.from_data(v)) for k, v in data.items()], None)
-        if isinstance(data, (list, tuple)):
-            return cls("seq", [cls.from_data(item) for item in data], None)
-        return cls("scalar", data, None)
-
-    @classmethod
-    def from_yaml(cls, node: yaml.Node, label: str) -> _Node:
-        return _YamlReader(label).read(node)
-
-    def plain(self) -> Any:
-        """The Python value, for type checks and messages."""
-        if self.kind == "seq":
-            return [item.plain() for item in self.value]
-        if self.kind == "map":
-            return {_hashable(key.plain()): value.plain() for key, value in self.value}
-        return self.value
-
-    def is_null(self) -> bool:
-        return self.kind == "scalar" and self.value is None
-
-
 def _is_plan_scalar(value: Any) -> bool:
     """What YAML writes and reads back equal: no containers, objects or NaN."""
     return isinstance(value, PLAN_SCALARS) and not (isinstance(value, float) and math.isnan(value))
@@ -354,47 +308,6 @@ def _plain_scalar(value: Any) -> Any:
     return value
 
 
-def _hashable(key: Any) -> Any:
-    return key if isinstance(key, PLAN_SCALARS) else repr(key)
-
-
-class _YamlReader:
-    """Turns a composed YAML node graph into `_Node`s, constructing scalars with the safe constructor only."""
-
-    DEFAULT_TAGS = {"seq": "tag:yaml.org,2002:seq", "map": "tag:yaml.org,2002:map"}
-
-    def __init__(self, label: str):
-        self.label = label
-        self.constructor = yaml.constructor.SafeConstructor()
-        self.open: set[int] = set()
-
-    def fail(self, node: yaml.Node, message: str) -> NoReturn:
-        raise RecipeError(f"{self.label}:{node.start_mark.line + 1}: {message}")
-
-    def read(self, node: yaml.Node) -> _Node:
-        line = node.start_mark.line + 1
-        if isinstance(node, yaml.ScalarNode):
-            if node.tag == "tag:yaml.org,2002:merge":
-                self.fail(node, "merge keys (<<) are not supported in recipes; write the keys out")
-            try:
-                return _Node("scalar", self.constructor.construct_object(node, deep=True), line)
-            except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
-                self.fail(node, f"cannot read the value {node.value!r}: {_yaml_problem(exc)}; recipes hold plain "
-                                "strings, numbers, true/false, null, lists and mappings")
-        kind = "seq" if isinstance(node, yaml.SequenceNode) else "map"
-        if node.tag != self.DEFAULT_TAGS[kind]:
-            self.fail(node, f"unsupported tag {node.tag!r}; recipes hold plain lists and mappings")
-        if id(node) in self.open:
-            self.fail(node, "an alias refers to a list or mapping that contains it; recipes cannot be recursive")
-        self.open.add(id(node))
-        if kind == "seq":
-            value = [self.read(item) for item in node.value]
-        else:
-            value = [(self.read(key), self.read(item)) for key, item in node.value]
-        self.open.discard(id(node))
-        return _Node(kind, value, line)
-
-
 def _parse_yaml(text: str, source: str, label: str) -> Recipe:
     """Compose (never construct arbitrary objects), then validate with line numbers."""
     try:
@@ -402,15 +315,15 @@ def _parse_yaml(text: str, source: str, label: str) -> Recipe:
         if root is None:
             raise RecipeError(f"{label}:1: the recipe is empty; expected a mapping with `description` and stages "
                               f"(top-level keys ending in {STAGE_SUFFIX}, e.g. compress_stage)")
-        return _Validator(label).recipe(_Node.from_yaml(root, label), source)
+        return _Validator(label).recipe(Located.from_yaml(root, label), source)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{label}:{mark.line + 1}:" if mark else f"{label}:"
-        raise RecipeError(f"{where} not valid YAML: {_yaml_problem(exc)}") from None
+        raise RecipeError(f"{where} not valid YAML: {yaml_problem(exc)}") from None
     except RecursionError:
         raise RecipeError(f"{label}: the recipe is nested too deeply") from None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{label}: not valid YAML: {_yaml_problem(exc)}") from None
+        raise RecipeError(f"{label}: not valid YAML: {yaml_problem(exc)}") from None
 
 
 # --- validation ----------------------------------------------------------------------------------------------
@@ -430,11 +343,11 @@ class _Validator:
     def __init__(self, label: str):
         self.label = label
 
-    def fail(self, node: _Node | None, path: str, message: str, separator: str = ": ") -> NoReturn:
+    def fail(self, node: Located | None, path: str, message: str, separator: str = ": ") -> NoReturn:
         where = f"{self.label}:{node.line}:" if node is not None and node.line is not None else f"{self.label}:"
         raise RecipeError(f"{where} {path}{separator}{message}" if path else f"{where} {message}")
 
-    def entries(self, node: _Node, path: str) -> list[tuple[str, _Node, _Node]]:
+    def entries(self, node: Located, path: str) -> list[tuple[str, Located, Located]]:
         """(key, key node, value node) of a mapping whose keys are strings, each appearing once."""
         first_line: dict[str, int | None] = {}
         entries = []
@@ -451,7 +364,7 @@ class _Validator:
             entries.append((key, key_node, value_node))
         return entries
 
-    def recipe(self, root: _Node, source: str) -> Recipe:
+    def recipe(self, root: Located, source: str) -> Recipe:
         if root.kind != "map":
             self.fail(root, "", f"the recipe must be a mapping with `description` and stages (top-level keys "
                                 f"ending in {STAGE_SUFFIX}), got {show_value(root.plain())}")
@@ -496,14 +409,14 @@ class _Validator:
             raise RecipeError(f"{where} {path}: the recipe has no pass to distill after; add a stage of passes "
                               f"before it (known passes: {', '.join(sorted(PASSES))})")
 
-    def description(self, node: _Node) -> str:
+    def description(self, node: Located) -> str:
         text = node.value if node.kind == "scalar" else None
         if not isinstance(text, str) or len(text.strip().splitlines()) > 1:
             self.fail(node, "description", f"expects one line of text, got {show_value(node.plain())}",
                       separator=" ")
         return text.strip()
 
-    def stage(self, name: str, key_node: _Node, node: _Node) -> Stage:
+    def stage(self, name: str, key_node: Located, node: Located) -> Stage:
         known = ", ".join(known_steps())
         if node.is_null() or (node.kind == "map" and not node.value):
             self.fail(key_node, name, f"the stage is empty; add at least one pass (known passes: {known})")
@@ -517,7 +430,7 @@ class _Validator:
             passes.append(self.pass_spec(name, pass_name, pass_key, pass_value))
         return Stage(name, passes)
 
-    def pass_spec(self, stage: str, name: str, key_node: _Node, node: _Node) -> PassSpec:
+    def pass_spec(self, stage: str, name: str, key_node: Located, node: Located) -> PassSpec:
         """A pass's parameters with defaults filled in; `null` (or nothing) means all defaults."""
         path = _join(stage, name)
         params = step_params(name)
@@ -538,14 +451,14 @@ class _Validator:
                 values[key] = self.param(name, key, value, _join(path, key))
         return PassSpec(stage, name, values, plan, key_node.line)
 
-    def param(self, step: str, name: str, node: _Node, path: str) -> Any:
+    def param(self, step: str, name: str, node: Located, path: str) -> Any:
         try:
             return _coerce(step, name, node.plain())
         except InvalidSetting as invalid:
             culprit = node.value[invalid.index] if invalid.index is not None and node.kind == "seq" else node
             self.fail(culprit, path, invalid.problem, separator=" ")
 
-    def plan(self, node: _Node, path: str) -> dict[str, dict[str, Any]] | None:
+    def plan(self, node: Located, path: str) -> dict[str, dict[str, Any]] | None:
         """Only the plan's shape is checked here: {site: {setting: scalar}}; the pass interprets the rest."""
         if node.is_null():
             return None
