@@ -5,12 +5,14 @@ save-and-reload path gave (same losses, step by step), on real CIFAR ResNet-20 w
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 import torch
 
 import compressor
+import compressor.distill.trainer
 import compressor.pipeline
 import compressor.serialization
 import compressor.sources
@@ -97,3 +99,32 @@ def test_training_in_memory_gives_the_losses_of_the_old_save_and_reload_path(res
     new_losses, old_losses = _losses(training_directory(tmp_path / "new")), _losses(tmp_path / "old")
     assert len(new_losses) == len(old_losses) == 2
     assert new_losses == pytest.approx(old_losses, abs=1e-6, rel=0)
+
+
+def test_a_stopped_distill_step_resumes_with_the_printed_command_as_if_never_stopped(
+        resnet20, cifar10_train_parquet, tmp_path, monkeypatch, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE + "    checkpoint_every: 1\n")
+
+    def compress_to(out: Path) -> int:
+        return main(["compress", str(resnet20), "--recipe", str(recipe), "--out", str(out), "--latency-runs", "1",
+                     "--data", str(cifar10_train_parquet)])
+
+    assert compress_to(tmp_path / "whole") == 0
+    expected = _losses(training_directory(tmp_path / "whole"))
+    assert len(expected) == 2
+
+    def killed(step):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(compressor.distill.trainer, "on_step_end", killed)
+    capsys.readouterr()
+    assert compress_to(tmp_path / "stopped") == 130
+    monkeypatch.setattr(compressor.distill.trainer, "on_step_end", lambda step: None)
+    printed = capsys.readouterr().err.split("continue with `", 1)[1].split("`", 1)[0]
+    words = shlex.split(printed)
+    assert words[:3] == ["python", "cli.py", "distill"] and "--resume" in words
+    assert words[words.index("--data") + 1] == str(cifar10_train_parquet)
+    assert main(words[2:] + ["--quiet"]) == 0
+    assert _losses(training_directory(tmp_path / "stopped")) == pytest.approx(expected, abs=1e-6, rel=0)

@@ -6,7 +6,8 @@ The training run is kept beside the output, in `OUT.distill/`: `student/` (the c
 written once as the point a stopped run resumes from), the accelerate checkpoints, `log.jsonl` and `distill.json`.
 The output directory itself only appears, atomically, once training has finished, holding the best student; the
 checkpoints are removed then. A run that was stopped continues with
-`cli.py distill OUT.distill/student --out OUT.distill --resume` (printed when training starts).
+`cli.py distill OUT.distill/student --out OUT.distill --resume --data DATA ...` (printed when training starts, with
+the step's data and settings).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
 
-from compressor.distill.settings import DISTILL, config_from_params
+from compressor.distill.settings import DISTILL, DISTILL_PARAMS, config_from_params
 from compressor.errors import CompressorError
 from compressor.output_guard import refuse_unsafe_replacement
 from compressor.recipe import Recipe
@@ -31,9 +33,15 @@ def training_directory(out: Path) -> Path:
     return out.with_name(out.name + TRAINING_SUFFIX)
 
 
-def resume_command(out: Path) -> str:
+def resume_command(out: Path, params: dict[str, Any]) -> str:
+    """The command that continues a stopped training run: the step's data, teacher and every setting that is not
+    the default become options of `cli.py distill` (the same names), so the run resumes as it was configured."""
     work = training_directory(out)
-    return f"python cli.py distill {work / STUDENT} --out {work} --resume"
+    words = ["python", "cli.py", DISTILL, str(work / STUDENT), "--out", str(work), "--resume"]
+    for name, param in DISTILL_PARAMS.items():
+        if params[name] is not None and params[name] != param.default:
+            words += [f"--{name.replace('_', '-')}", str(params[name])]
+    return shlex.join(words)
 
 
 def resolve_distill_step(recipe: Recipe, out: Path, *, data: str | None, eval_data: str | None, skip: bool,
@@ -66,7 +74,7 @@ def resolve_distill_step(recipe: Recipe, out: Path, *, data: str | None, eval_da
     work = training_directory(out)
     if work.exists() and not overwrite:
         raise CompressorError(f"{work} holds an earlier training run; continue it with "
-                              f"`{resume_command(out)}`, or pass --overwrite to start again")
+                              f"`{resume_command(out, params)}`, or pass --overwrite to start again")
     if work.exists():
         refuse_unsafe_replacement(work)  # --overwrite lets the run below delete it
     return recipe
@@ -84,8 +92,10 @@ def run_distill_step(result, out: Path, *, progress: bool = True, overwrite: boo
     work = training_directory(out)
     shutil.rmtree(work, ignore_errors=True)  # an earlier run, which --overwrite allowed to replace
     student = _student_with_resume_point(result, work / STUDENT)
-    log(f"{DISTILL}: training in {work} (if stopped, continue with `{resume_command(out)}`)", progress)
     teacher = _teacher(result, params["teacher"], revision=revision, trust_remote_code=trust_remote_code)
+    # `cli.py distill` defaults to the student's base model as teacher: name the source when that is another model
+    named = {**params, "teacher": None if teacher.source == result.loaded.base_model else teacher.source}
+    log(f"{DISTILL}: training in {work} (if stopped, continue with `{resume_command(out, named)}`)", progress)
     data = load_labelled(params["data"]).subset(params["limit"])
     eval_data = load_labelled(params["eval_data"]).subset(params["eval_limit"]) if params["eval_data"] else None
     summary = Distiller(student, teacher, data, work, config_from_params(params), eval_data, progress=progress,
