@@ -59,9 +59,13 @@ def _computable(number: float) -> float:
     return number
 
 
-def _lone_item_as_list(value: Any) -> Any:
-    """A lone string is a one-item list of strings; a tuple is a list."""
-    return [value] if isinstance(value, str) else list(value) if isinstance(value, tuple) else value
+def _tuple_as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _lone_string_as_list(value: Any) -> Any:
+    """A lone string is a one-item list of strings (`targets: auto`)."""
+    return [value] if isinstance(value, str) else _tuple_as_list(value)
 
 
 def _scalar_type(type_name: str, param: Param) -> Any:
@@ -82,9 +86,8 @@ def field_type(param: Param) -> Any:
     """The pydantic type of a declared setting."""
     if param.type.startswith("list["):
         item = _scalar_type(param.type[len("list["):-1], param)
-        kind = Annotated[list[item], BeforeValidator(_lone_item_as_list if param.type == "list[str]" else
-                                                     lambda value: list(value) if isinstance(value, tuple) else
-                                                     value)]
+        kind = Annotated[list[item], BeforeValidator(_lone_string_as_list if param.type == "list[str]" else
+                                                     _tuple_as_list)]
     else:
         kind = _scalar_type(param.type, param)
     return Optional[kind] if param.nullable else kind
