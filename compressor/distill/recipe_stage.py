@@ -137,7 +137,8 @@ def _teacher(result, teacher: str | None, *, revision: str | None, trust_remote_
 def distill_and_save(result, out, *, data: str | None = None, eval_data: str | None = None,
                      overwrite: bool = False, progress: bool = True) -> Path:
     """The Python API's `distill` step: train a `compressor.compress` result whose recipe ends with `distill`, then
-    write the best student to `out` (what `cli.py compress` does after the passes)."""
+    write the best student to `out` (what `cli.py compress` does after the passes). `result.model` is trained in
+    place: it ends as the last step's student, and `out` holds the best one."""
     out = Path(out)
     if result.recipe.distill() is None:
         raise CompressorError(f"{result.recipe.source} has no {DISTILL} step; add a distill_stage to the recipe, or "
