@@ -46,6 +46,9 @@ class CompressionResult:
     report: dict[str, Any]
     seed: int
     applied: list[AppliedPass] = field(default_factory=list)
+    #: the model as loaded, before the passes: kept only when the recipe ends with a distill step, whose teacher
+    #: it is (so the source is not loaded twice)
+    original: nn.Module | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -201,6 +204,7 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
     statistics_batches = calibration or [example]
     passes = attribute_costs(_pass_statistics(applied, loaded, statistics_batches), costs)
     latency_before, latency_after = interleaved_latency_ms([original, model], example, runs=latency_runs)
+    kept = original if resolved.distill() is not None else None
     del original
 
     report = {
@@ -222,4 +226,4 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
         "statistics_measured_on": "calibration data" if calibration else "example input",
         "environment": environment(),
     }
-    return CompressionResult(loaded, resolved, report, seed, applied)
+    return CompressionResult(loaded, resolved, report, seed, applied, original=kept)

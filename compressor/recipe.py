@@ -14,8 +14,9 @@ A recipe may end with a training step, `distill` (usually in its own `distill_st
 distillation settings (`compressor.distill.settings`); `compress` runs it after the passes, from the original model
 as teacher.
 
-Everything about parameters comes from the pass registry (`Pass.all_params()`), so a new pass needs no change
-here. Validation walks the YAML node tree itself (`yaml.compose`, safe loading only) so that every mistake is
+Everything about parameters comes from their one declaration (`Pass.all_params()`, the distillation settings),
+checked by the pydantic schema built from it (`compressor.settings_schema`), so a new pass needs no change here.
+Validation walks the YAML node tree itself (`yaml.compose`, safe loading only) so that every mistake is
 reported as one line `file:line: dotted.path ...` saying what is wrong and what is allowed.
 """
 
@@ -34,7 +35,9 @@ import yaml
 import compressor
 from compressor.distill.settings import DISTILL, DISTILL_PARAMS
 from compressor.errors import RecipeError
+from compressor.located_yaml import YAML_SCALARS, Located, yaml_problem
 from compressor.passes import AUTO, PASSES, Param, Pass
+from compressor.settings_schema import InvalidSetting, check_setting, show_value
 
 #: where the built-in recipes live: `recipes/<name>.yaml` at the repository root
 RECIPES_DIR = Path(compressor.__file__).resolve().parents[1] / "recipes"
@@ -48,7 +51,7 @@ PLAN_KEY = "plan"
 PATTERN_PARAMS = ("targets", "ignore")
 REGEX_PREFIX = "re:"
 #: what a plan setting may hold: what YAML writes and reads back unchanged
-PLAN_SCALARS = (str, int, float, bool, type(None))
+PLAN_SCALARS = YAML_SCALARS
 OVERRIDE_FORMS = "<pass>.<param>=<value> or <stage>.<pass>.<param>=<value>"
 
 
@@ -143,7 +146,7 @@ class Recipe:
     def from_dict(cls, data: Any, source: str = "<recipe>") -> Recipe:
         """Validate plain data shaped like the YAML (errors have no line numbers)."""
         try:
-            return _Validator(source).recipe(_Node.from_data(data), source)
+            return _Validator(source).recipe(Located.from_data(data), source)
         except RecursionError:
             raise RecipeError(f"{source}: the recipe is nested too deeply") from None
 
@@ -163,7 +166,7 @@ class Recipe:
         validator = _Validator(self.source)
         recipe = copy.deepcopy(self)
         for spec, plan in zip(recipe.passes(), plans):
-            spec.plan = validator.plan(_Node.from_data(plan), f"{spec.stage}.{spec.name}.{PLAN_KEY}")
+            spec.plan = validator.plan(Located.from_data(plan), f"{spec.stage}.{spec.name}.{PLAN_KEY}")
         return recipe
 
     def _apply_override(self, override: str) -> None:
@@ -182,10 +185,10 @@ class Recipe:
             value = yaml.safe_load(text)
         except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise RecipeError(f"{prefix}: the value is not a valid YAML scalar or flow list: "
-                              f"{_yaml_problem(exc)}") from None
+                              f"{yaml_problem(exc)}") from None
         try:
-            spec.params[param_name] = _coerce(param_name, params[param_name], value)
-        except _Invalid as invalid:
+            spec.params[param_name] = _coerce(spec.name, param_name, value)
+        except InvalidSetting as invalid:
             raise RecipeError(f"{prefix}: {key} {invalid.problem}") from None
 
     def _spec_for_override(self, prefix: str, parts: list[str]) -> PassSpec:
@@ -254,104 +257,31 @@ def yaml_text(data: Any) -> str:
 
 # --- checking one parameter value (shared by files and --set) -------------------------------------------------
 
-class _Invalid(Exception):
-    """A value a parameter does not accept; `index` points into a list value when one item is at fault."""
-
-    def __init__(self, problem: str, index: int | None = None):
-        super().__init__(problem)
-        self.problem, self.index = problem, index
-
-
-def _show(value: Any) -> str:
-    """A value as the user would recognise it in YAML terms, short enough for one line."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a mapping"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-#: a number in exponent notation without a dot, which PyYAML (YAML 1.1) leaves as a string
-_YAML12_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _as_type(type_name: str, value: Any) -> tuple[bool, Any]:
-    """(accepted, value converted) for a scalar type: no bool for numbers, an int is a fine float."""
-    if type_name == "int":
-        accepted = isinstance(value, int) and not isinstance(value, bool)
-        return accepted, int(value) if accepted else value
-    if type_name == "float":
-        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads `1e-5` (no dot) as a string; YAML 1.2 and users read a number
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False, value
-        try:
-            number = float(value)
-        except OverflowError:
-            return False, value
-        return math.isfinite(number), number
-    if type_name == "bool":
-        return isinstance(value, bool), value
-    if type_name == "str":
-        return isinstance(value, str), str(value) if isinstance(value, str) else value
-    raise ValueError(f"unknown parameter type {type_name!r}")
-
-
-def _allowed(param: Param, value: Any) -> bool:
-    if param.choices is not None and value not in param.choices:
-        return False
-    if isinstance(value, (int, float)):
-        return ((param.greater_than is None or value > param.greater_than)
-                and (param.minimum is None or value >= param.minimum)
-                and (param.maximum is None or value <= param.maximum))
-    return True
-
-
-def _coerce(name: str, param: Param, value: Any) -> Any:
-    """`value` checked against `param` and normalised (int → float, a lone string → [string]); or `_Invalid`."""
-    expects = f"expects {param.describe_allowed()}"
-    if value is None and param.nullable:
-        return None
-    if not param.type.startswith("list["):
-        accepted, converted = _as_type(param.type, value)
-        if not accepted or not _allowed(param, converted):
-            raise _Invalid(f"{expects}, got {_show(value)}")
-        return converted
-    item_type = param.type[len("list["):-1]
-    if item_type == "str" and isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)):
-        raise _Invalid(f"{expects}, got {_show(value)}")
-    items = []
-    for index, item in enumerate(value):
-        accepted, converted = _as_type(item_type, item)
-        if not accepted or not _allowed(param, converted):
-            raise _Invalid(f"{expects}, got {_show(item)} at [{index}]", index)
-        items.append(converted)
+def _coerce(step: str, name: str, value: Any) -> Any:
+    """`value` checked against the schema of `step`'s parameter `name` and normalised, patterns included; or
+    `InvalidSetting`."""
+    value = check_setting(step, step_params(step), name, value)
     if name in PATTERN_PARAMS:
-        _check_patterns(name, items)
-    return items
+        _check_patterns(name, value)
+    return value
 
 
 def _check_patterns(name: str, patterns: list[str]) -> None:
     """Catch the pattern mistakes visible without a model: nothing targeted, empty names, broken regexes."""
     if name == "targets" and not patterns:
-        raise _Invalid(f"expects at least one pattern ({AUTO}, a module name, a glob or {REGEX_PREFIX}<regex>), "
+        raise InvalidSetting(f"expects at least one pattern ({AUTO}, a module name, a glob or {REGEX_PREFIX}<regex>), "
                        "got []; to skip a pass, remove it from the recipe")
     for index, pattern in enumerate(patterns):
         if not pattern.strip():
-            raise _Invalid(f"expects non-empty patterns, got {pattern!r} at [{index}]", index)
+            raise InvalidSetting(f"expects non-empty patterns, got {pattern!r} at [{index}]", index)
         if name != "targets" and pattern == AUTO:
-            raise _Invalid(f"got {AUTO!r} at [{index}], which is only meaningful in targets; use module names, "
+            raise InvalidSetting(f"got {AUTO!r} at [{index}], which is only meaningful in targets; use module names, "
                            f"globs or {REGEX_PREFIX}<regex>", index)
         if pattern.startswith(REGEX_PREFIX):
             try:
                 re.compile(pattern[len(REGEX_PREFIX):])
             except re.error as exc:
-                raise _Invalid(f"got {pattern!r} at [{index}], which is not a valid regular expression "
+                raise InvalidSetting(f"got {pattern!r} at [{index}], which is not a valid regular expression "
                                f"({exc}); write {REGEX_PREFIX}<Python regex>", index) from None
 
 
@@ -363,53 +293,6 @@ def _did_you_mean(key: str, known: Sequence[str]) -> str:
 def _unknown(kind: str, key: str, known: Sequence[str]) -> str:
     """"unknown <kind> 'x' (did you mean 'y'?); allowed: ..." for keys and names."""
     return f"unknown {kind} {key!r}{_did_you_mean(key, known)}; allowed: {', '.join(known) or 'none'}"
-
-
-def _yaml_problem(exc: BaseException) -> str:
-    """yaml's explanation as one line, with the column when it knows it."""
-    if isinstance(exc, yaml.MarkedYAMLError):
-        context = f"{exc.context}, " if exc.context else ""
-        column = f" at column {exc.problem_mark.column + 1}" if exc.problem_mark else ""
-        return f"{context}{exc.problem or 'unreadable'}{column}"
-    return str(exc) or type(exc).__name__
-
-
-# --- the recipe as located values ----------------------------------------------------------------------------
-
-@dataclass
-class _Node:
-    """A value of the recipe and the line it came from (None for dicts), so every error can point at it.
-
-    `value` is the Python scalar for "scalar", a list of `_Node` for "seq", and a list of (key, value) `_Node`
-    pairs for "map": duplicates are kept so that validation can report them.
-    """
-
-    kind: str
-    value: Any
-    line: int | None
-
-    @classmethod
-    def from_data(cls, data: Any) -> _Node:
-        if isinstance(data, dict):
-            return cls("map", [(cls.from_data(k), cls.from_data(v)) for k, v in data.items()], None)
-        if isinstance(data, (list, tuple)):
-            return cls("seq", [cls.from_data(item) for item in data], None)
-        return cls("scalar", data, None)
-
-    @classmethod
-    def from_yaml(cls, node: yaml.Node, label: str) -> _Node:
-        return _YamlReader(label).read(node)
-
-    def plain(self) -> Any:
-        """The Python value, for type checks and messages."""
-        if self.kind == "seq":
-            return [item.plain() for item in self.value]
-        if self.kind == "map":
-            return {_hashable(key.plain()): value.plain() for key, value in self.value}
-        return self.value
-
-    def is_null(self) -> bool:
-        return self.kind == "scalar" and self.value is None
 
 
 def _is_plan_scalar(value: Any) -> bool:
@@ -425,47 +308,6 @@ def _plain_scalar(value: Any) -> Any:
     return value
 
 
-def _hashable(key: Any) -> Any:
-    return key if isinstance(key, PLAN_SCALARS) else repr(key)
-
-
-class _YamlReader:
-    """Turns a composed YAML node graph into `_Node`s, constructing scalars with the safe constructor only."""
-
-    DEFAULT_TAGS = {"seq": "tag:yaml.org,2002:seq", "map": "tag:yaml.org,2002:map"}
-
-    def __init__(self, label: str):
-        self.label = label
-        self.constructor = yaml.constructor.SafeConstructor()
-        self.open: set[int] = set()
-
-    def fail(self, node: yaml.Node, message: str) -> NoReturn:
-        raise RecipeError(f"{self.label}:{node.start_mark.line + 1}: {message}")
-
-    def read(self, node: yaml.Node) -> _Node:
-        line = node.start_mark.line + 1
-        if isinstance(node, yaml.ScalarNode):
-            if node.tag == "tag:yaml.org,2002:merge":
-                self.fail(node, "merge keys (<<) are not supported in recipes; write the keys out")
-            try:
-                return _Node("scalar", self.constructor.construct_object(node, deep=True), line)
-            except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
-                self.fail(node, f"cannot read the value {node.value!r}: {_yaml_problem(exc)}; recipes hold plain "
-                                "strings, numbers, true/false, null, lists and mappings")
-        kind = "seq" if isinstance(node, yaml.SequenceNode) else "map"
-        if node.tag != self.DEFAULT_TAGS[kind]:
-            self.fail(node, f"unsupported tag {node.tag!r}; recipes hold plain lists and mappings")
-        if id(node) in self.open:
-            self.fail(node, "an alias refers to a list or mapping that contains it; recipes cannot be recursive")
-        self.open.add(id(node))
-        if kind == "seq":
-            value = [self.read(item) for item in node.value]
-        else:
-            value = [(self.read(key), self.read(item)) for key, item in node.value]
-        self.open.discard(id(node))
-        return _Node(kind, value, line)
-
-
 def _parse_yaml(text: str, source: str, label: str) -> Recipe:
     """Compose (never construct arbitrary objects), then validate with line numbers."""
     try:
@@ -473,15 +315,15 @@ def _parse_yaml(text: str, source: str, label: str) -> Recipe:
         if root is None:
             raise RecipeError(f"{label}:1: the recipe is empty; expected a mapping with `description` and stages "
                               f"(top-level keys ending in {STAGE_SUFFIX}, e.g. compress_stage)")
-        return _Validator(label).recipe(_Node.from_yaml(root, label), source)
+        return _Validator(label).recipe(Located.from_yaml(root, label), source)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{label}:{mark.line + 1}:" if mark else f"{label}:"
-        raise RecipeError(f"{where} not valid YAML: {_yaml_problem(exc)}") from None
+        raise RecipeError(f"{where} not valid YAML: {yaml_problem(exc)}") from None
     except RecursionError:
         raise RecipeError(f"{label}: the recipe is nested too deeply") from None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{label}: not valid YAML: {_yaml_problem(exc)}") from None
+        raise RecipeError(f"{label}: not valid YAML: {yaml_problem(exc)}") from None
 
 
 # --- validation ----------------------------------------------------------------------------------------------
@@ -501,11 +343,11 @@ class _Validator:
     def __init__(self, label: str):
         self.label = label
 
-    def fail(self, node: _Node | None, path: str, message: str, separator: str = ": ") -> NoReturn:
+    def fail(self, node: Located | None, path: str, message: str, separator: str = ": ") -> NoReturn:
         where = f"{self.label}:{node.line}:" if node is not None and node.line is not None else f"{self.label}:"
         raise RecipeError(f"{where} {path}{separator}{message}" if path else f"{where} {message}")
 
-    def entries(self, node: _Node, path: str) -> list[tuple[str, _Node, _Node]]:
+    def entries(self, node: Located, path: str) -> list[tuple[str, Located, Located]]:
         """(key, key node, value node) of a mapping whose keys are strings, each appearing once."""
         first_line: dict[str, int | None] = {}
         entries = []
@@ -513,7 +355,7 @@ class _Validator:
             key = key_node.value
             if key_node.kind != "scalar" or not isinstance(key, str):
                 self.fail(key_node, path or "top level",
-                          f"keys must be strings, got {_show(key_node.plain())}; quote it if it is a name")
+                          f"keys must be strings, got {show_value(key_node.plain())}; quote it if it is a name")
             if key in first_line:
                 earlier = f" (first at line {first_line[key]})" if first_line[key] is not None else ""
                 self.fail(key_node, _join(path, key), f"duplicate key{earlier}; each key may appear once in a "
@@ -522,10 +364,10 @@ class _Validator:
             entries.append((key, key_node, value_node))
         return entries
 
-    def recipe(self, root: _Node, source: str) -> Recipe:
+    def recipe(self, root: Located, source: str) -> Recipe:
         if root.kind != "map":
             self.fail(root, "", f"the recipe must be a mapping with `description` and stages (top-level keys "
-                                f"ending in {STAGE_SUFFIX}), got {_show(root.plain())}")
+                                f"ending in {STAGE_SUFFIX}), got {show_value(root.plain())}")
         description, stages = "", []
         for key, key_node, value in self.entries(root, ""):
             if key == "description":
@@ -567,20 +409,20 @@ class _Validator:
             raise RecipeError(f"{where} {path}: the recipe has no pass to distill after; add a stage of passes "
                               f"before it (known passes: {', '.join(sorted(PASSES))})")
 
-    def description(self, node: _Node) -> str:
+    def description(self, node: Located) -> str:
         text = node.value if node.kind == "scalar" else None
         if not isinstance(text, str) or len(text.strip().splitlines()) > 1:
-            self.fail(node, "description", f"expects one line of text, got {_show(node.plain())}",
+            self.fail(node, "description", f"expects one line of text, got {show_value(node.plain())}",
                       separator=" ")
         return text.strip()
 
-    def stage(self, name: str, key_node: _Node, node: _Node) -> Stage:
+    def stage(self, name: str, key_node: Located, node: Located) -> Stage:
         known = ", ".join(known_steps())
         if node.is_null() or (node.kind == "map" and not node.value):
             self.fail(key_node, name, f"the stage is empty; add at least one pass (known passes: {known})")
         if node.kind != "map":
             self.fail(node, name, f"a stage must be a mapping of pass names to their parameters (known passes: "
-                                  f"{known}), got {_show(node.plain())}")
+                                  f"{known}), got {show_value(node.plain())}")
         passes = []
         for pass_name, pass_key, pass_value in self.entries(node, name):
             if pass_name not in PASSES and pass_name != DISTILL:
@@ -588,7 +430,7 @@ class _Validator:
             passes.append(self.pass_spec(name, pass_name, pass_key, pass_value))
         return Stage(name, passes)
 
-    def pass_spec(self, stage: str, name: str, key_node: _Node, node: _Node) -> PassSpec:
+    def pass_spec(self, stage: str, name: str, key_node: Located, node: Located) -> PassSpec:
         """A pass's parameters with defaults filled in; `null` (or nothing) means all defaults."""
         path = _join(stage, name)
         params = step_params(name)
@@ -598,7 +440,7 @@ class _Validator:
             return PassSpec(stage, name, values, plan, key_node.line)
         if node.kind != "map":
             self.fail(node, path, f"expects a mapping of parameters (or nothing, for all defaults), got "
-                                  f"{_show(node.plain())}; {name} parameters: {', '.join(params)}")
+                                  f"{show_value(node.plain())}; {name} parameters: {', '.join(params)}")
         for key, param_key, value in self.entries(node, path):
             if key == PLAN_KEY and name != DISTILL:
                 plan = self.plan(value, _join(path, key))
@@ -606,37 +448,35 @@ class _Validator:
                 self.fail(param_key, _join(path, key),
                           _unknown(f"{name} parameter", key, [*params] + ([PLAN_KEY] * (name != DISTILL))))
             else:
-                values[key] = self.param(params[key], key, value, _join(path, key))
+                values[key] = self.param(name, key, value, _join(path, key))
         return PassSpec(stage, name, values, plan, key_node.line)
 
-    def param(self, param: Param, name: str, node: _Node, path: str) -> Any:
-        if node.kind == "map":
-            self.fail(node, path, f"expects {param.describe_allowed()}, got a mapping", separator=" ")
+    def param(self, step: str, name: str, node: Located, path: str) -> Any:
         try:
-            return _coerce(name, param, node.plain())
-        except _Invalid as invalid:
+            return _coerce(step, name, node.plain())
+        except InvalidSetting as invalid:
             culprit = node.value[invalid.index] if invalid.index is not None and node.kind == "seq" else node
             self.fail(culprit, path, invalid.problem, separator=" ")
 
-    def plan(self, node: _Node, path: str) -> dict[str, dict[str, Any]] | None:
+    def plan(self, node: Located, path: str) -> dict[str, dict[str, Any]] | None:
         """Only the plan's shape is checked here: {site: {setting: scalar}}; the pass interprets the rest."""
         if node.is_null():
             return None
         shape = "a mapping of site name to a mapping of settings (e.g. `encoder.layers.0.self_attn: " \
                 "{bucket_width: 4.0}`)"
         if node.kind != "map":
-            self.fail(node, path, f"expects {shape}, got {_show(node.plain())}", separator=" ")
+            self.fail(node, path, f"expects {shape}, got {show_value(node.plain())}", separator=" ")
         plan = {}
         for site, _, settings_node in self.entries(node, path):
             site_path = _join(path, site)
             if settings_node.kind != "map":
                 self.fail(settings_node, site_path, f"expects a mapping of setting name to value; {path} is "
-                                                    f"{shape}, got {_show(settings_node.plain())}", separator=" ")
+                                                    f"{shape}, got {show_value(settings_node.plain())}", separator=" ")
             settings = {}
             for setting, _, value in self.entries(settings_node, site_path):
                 if value.kind != "scalar" or not _is_plan_scalar(value.value):
                     self.fail(value, _join(site_path, setting), "expects a scalar (a string, number, true/false "
-                                                                f"or null), got {_show(value.plain())}",
+                                                                f"or null), got {show_value(value.plain())}",
                               separator=" ")
                 settings[setting] = _plain_scalar(value.value)
             plan[site] = settings

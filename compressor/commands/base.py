@@ -69,8 +69,9 @@ def check_file_output(path: str | None) -> None:
         raise CompressorError(f"cannot write {path}: {target.parent} is not a writable directory")
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, batch_size: int = 32) -> None:
-    """--data and how much of it to use: shared by evaluate, sweep and distill."""
+def add_data_arguments(parser: argparse.ArgumentParser, batch_size: int | None = 32) -> None:
+    """--data and how much of it to use: shared by evaluate, sweep and distill (batch_size None: the command declares
+    --batch-size itself)."""
     parser.add_argument("--data", required=True, metavar="DATA",
                         help="labelled data: a parquet/json file (Hub columns), an image folder with one folder per "
                              "class, a COCO folder (images + annotations/instances_*.json), or a Hub dataset id "
@@ -78,8 +79,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, batch_size: int = 32) ->
     parser.add_argument("--split", help="split of a Hub dataset or image folder (default: train, or id:split)")
     parser.add_argument("--limit", type=int, metavar="N",
                         help="use N examples only (a seeded random subset, the same on every run)")
-    parser.add_argument("--batch-size", type=int, default=batch_size, metavar="B",
-                        help=f"images per forward (default {batch_size})")
+    if batch_size is not None:
+        parser.add_argument("--batch-size", type=int, default=batch_size, metavar="B",
+                            help=f"images per forward (default {batch_size})")
     parser.add_argument("--box-format", choices=("xywh", "xyxy"),
                         help="how a Hub detection dataset writes objects.bbox (default: xywh, COCO's; xyxy for "
                              "detection-datasets/coco)")

@@ -18,28 +18,21 @@ class DistillCommand(Command):
 
     @classmethod
     def register(cls, parser: argparse.ArgumentParser) -> None:
-        from compressor.distill.settings import DISTILL_PARAMS, DistillConfig
+        from compressor.distill.settings import DISTILL, DISTILL_PARAMS, TRAINING_PARAMS
+        from compressor.settings_schema import add_setting_options
 
         parser.add_argument("student", metavar="STUDENT", help="a directory written by compress")
         parser.add_argument("--teacher", metavar="SOURCE",
                             help="the teacher (default: the model STUDENT was compressed from)")
-        add_data_arguments(parser, batch_size=DistillConfig.batch_size)
+        add_data_arguments(parser, batch_size=None)
         parser.add_argument("--eval-data", metavar="DATA",
                             help="data to pick the best checkpoint on: by its task metric, or for a model without "
                                  "logits or unlabelled text (.txt paragraphs) by embedding cosine to the teacher")
-        parser.add_argument("--eval-limit", type=int, metavar="N", help="evaluate on N examples of --eval-data")
         parser.add_argument("--out", metavar="DIR", required=True,
                             help="where checkpoints, log.jsonl, distill.json and best/ go")
         parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-        defaults = DistillConfig()
-        for field in fields(DistillConfig):
-            if field.name == "batch_size":
-                continue
-            default = getattr(defaults, field.name)
-            kind = str if isinstance(default, str) else float if isinstance(default, float) else int
-            parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=default,
-                                choices=DISTILL_PARAMS[field.name].choices,
-                                help=f"{DISTILL_PARAMS[field.name].help} (default {default})")
+        # the recipe's distill settings, checked by the same schema: what a recipe refuses, these options refuse
+        add_setting_options(parser, DISTILL, {"eval_limit": DISTILL_PARAMS["eval_limit"], **TRAINING_PARAMS})
         parser.add_argument("--quiet", action="store_true")
         add_push_to_arguments(parser)
 
@@ -51,11 +44,7 @@ class DistillCommand(Command):
         from compressor.sources import load_source
 
         config = DistillConfig(**{f.name: getattr(args, f.name) for f in fields(DistillConfig)})
-        check_positive(limit=args.limit, batch_size=args.batch_size, eval_limit=args.eval_limit,
-                       checkpoint_every=config.checkpoint_every, log_every=config.log_every, steps=config.steps,
-                       eval_every=config.eval_every)
-        if config.temperature <= 0 or config.lr <= 0:
-            raise CompressorError("--temperature and --lr must be positive")
+        check_positive(limit=args.limit)
         check_push_to(args)
         out = Path(args.out)
         if out.exists() and not args.resume and any(out.iterdir()):

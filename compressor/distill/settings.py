@@ -1,51 +1,24 @@
-"""What a distillation run is configured by, described once for the trainer, the `distill` command and recipes.
+"""What a distillation run is configured by, declared once for the trainer, the `distill` command and recipes.
 
-`DistillConfig` holds the settings that decide a run's result; `DISTILL_PARAMS` describes each of them (type,
-bounds, help) as a recipe parameter, plus what a recipe's `distill` step must also name: the data and the teacher.
-The CLI options of `cli.py distill` and the recipe schema are both generated from here, so they cannot drift.
+`TRAINING_PARAMS` declares the settings that decide a run's result (type, bounds, default, help); `DISTILL_PARAMS`
+adds what a recipe's `distill` step must also name: the data and the teacher. From these declarations come
+`DistillConfig` (the trainer's settings, checked by the same pydantic schema on construction), the recipe schema of
+the `distill` step, the options of `cli.py distill` and the docs' table, so none of them can drift from another.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import field, fields, make_dataclass
 
 from compressor.distill.losses import EMBEDDING_LOSSES
 from compressor.errors import CompressorError
 from compressor.passes.base import Param
+from compressor.settings_schema import InvalidSetting, check_setting, python_type
 
 #: the name of the training step in a recipe (`distill_stage: {distill: {...}}`)
 DISTILL = "distill"
 
-
-@dataclass
-class DistillConfig:
-    """Everything that decides a run's result (written into the summary and the model card)."""
-
-    steps: int | None = None  # total optimizer steps; default: epochs × batches per epoch
-    epochs: float = 1.0
-    batch_size: int = 64  # global, split across processes
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    temperature: float = 2.0
-    kd_weight: float = 1.0  # the output-matching loss: logits KL, or for a model without logits its embedding's
-    embedding_loss: str = "cosine"
-    task_weight: float = 1.0
-    feature_weight: float = 0.0
-    box_weight: float = 1.0  # MTKD: L2 between the ACT path's boxes and the original path's
-    seed: int = 0
-    checkpoint_every: int = 200
-    log_every: int = 10
-    eval_every: int | None = None
-
-    def __post_init__(self):
-        for name, param in _CONFIG_PARAMS.items():
-            if param.choices is not None and getattr(self, name) not in param.choices:
-                raise CompressorError(f"{name} {getattr(self, name)!r}: expected one of "
-                                      f"{', '.join(param.choices)}")
-
-
-_CONFIG_PARAMS: dict[str, Param] = {
+TRAINING_PARAMS: dict[str, Param] = {
     "steps": Param("int", None, "Optimizer steps in total; null: `epochs` passes over the data.", minimum=1,
                    nullable=True),
     "epochs": Param("float", 1.0, "Passes over the training data (used when `steps` is null).", greater_than=0),
@@ -86,7 +59,24 @@ _DATA_PARAMS: dict[str, Param] = {
                      nullable=True),
 }
 
-DISTILL_PARAMS: dict[str, Param] = {**_DATA_PARAMS, **_CONFIG_PARAMS}
+DISTILL_PARAMS: dict[str, Param] = {**_DATA_PARAMS, **TRAINING_PARAMS}
+
+
+def _check_settings(config) -> None:
+    """Every setting through the schema the recipe uses, normalised (an int epoch count becomes a float)."""
+    for name in TRAINING_PARAMS:
+        try:
+            setattr(config, name, check_setting(DISTILL, DISTILL_PARAMS, name, getattr(config, name)))
+        except InvalidSetting as invalid:
+            raise CompressorError(f"{name} {getattr(config, name)!r}: {invalid.problem}") from None
+
+
+DistillConfig = make_dataclass(
+    "DistillConfig",
+    [(name, python_type(param), field(default=param.default)) for name, param in TRAINING_PARAMS.items()],
+    namespace={"__post_init__": _check_settings, "__module__": __name__,
+               "__doc__": "Everything that decides a run's result (written into the summary and the model card); one "
+                          "attribute per `TRAINING_PARAMS` setting, checked on construction."})
 
 
 def config_from_params(params: dict) -> DistillConfig:

@@ -1,0 +1,103 @@
+"""YAML read as located values: every value keeps the line it came from, so an error can point at it.
+
+Only composing is done by yaml (`yaml.compose`, safe loading): scalars are built with the safe constructor, and
+merge keys, custom tags and recursive aliases are refused with one line, so nothing but plain data comes out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import yaml
+
+from compressor.errors import RecipeError
+
+#: what a plain YAML scalar holds
+YAML_SCALARS = (str, int, float, bool, type(None))
+
+
+def yaml_problem(exc: BaseException) -> str:
+    """yaml's explanation as one line, with the column when it knows it."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        context = f"{exc.context}, " if exc.context else ""
+        column = f" at column {exc.problem_mark.column + 1}" if exc.problem_mark else ""
+        return f"{context}{exc.problem or 'unreadable'}{column}"
+    return str(exc) or type(exc).__name__
+
+
+@dataclass
+class Located:
+    """A value of the recipe and the line it came from (None for dicts), so every error can point at it.
+
+    `value` is the Python scalar for "scalar", a list of `Located` for "seq", and a list of (key, value) `Located`
+    pairs for "map": duplicates are kept so that validation can report them.
+    """
+
+    kind: str
+    value: Any
+    line: int | None
+
+    @classmethod
+    def from_data(cls, data: Any) -> Located:
+        if isinstance(data, dict):
+            return cls("map", [(cls.from_data(k), cls.from_data(v)) for k, v in data.items()], None)
+        if isinstance(data, (list, tuple)):
+            return cls("seq", [cls.from_data(item) for item in data], None)
+        return cls("scalar", data, None)
+
+    @classmethod
+    def from_yaml(cls, node: yaml.Node, label: str) -> Located:
+        return _LocatedReader(label).read(node)
+
+    def plain(self) -> Any:
+        """The Python value, for type checks and messages."""
+        if self.kind == "seq":
+            return [item.plain() for item in self.value]
+        if self.kind == "map":
+            return {hashable_key(key.plain()): value.plain() for key, value in self.value}
+        return self.value
+
+    def is_null(self) -> bool:
+        return self.kind == "scalar" and self.value is None
+
+
+def hashable_key(key: Any) -> Any:
+    return key if isinstance(key, YAML_SCALARS) else repr(key)
+
+
+class _LocatedReader:
+    """Turns a composed YAML node graph into `Located`s, constructing scalars with the safe constructor only."""
+
+    DEFAULT_TAGS = {"seq": "tag:yaml.org,2002:seq", "map": "tag:yaml.org,2002:map"}
+
+    def __init__(self, label: str):
+        self.label = label
+        self.constructor = yaml.constructor.SafeConstructor()
+        self.open: set[int] = set()
+
+    def fail(self, node: yaml.Node, message: str) -> NoReturn:
+        raise RecipeError(f"{self.label}:{node.start_mark.line + 1}: {message}")
+
+    def read(self, node: yaml.Node) -> Located:
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag == "tag:yaml.org,2002:merge":
+                self.fail(node, "merge keys (<<) are not supported in recipes; write the keys out")
+            try:
+                return Located("scalar", self.constructor.construct_object(node, deep=True), line)
+            except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+                self.fail(node, f"cannot read the value {node.value!r}: {yaml_problem(exc)}; recipes hold plain "
+                                "strings, numbers, true/false, null, lists and mappings")
+        kind = "seq" if isinstance(node, yaml.SequenceNode) else "map"
+        if node.tag != self.DEFAULT_TAGS[kind]:
+            self.fail(node, f"unsupported tag {node.tag!r}; recipes hold plain lists and mappings")
+        if id(node) in self.open:
+            self.fail(node, "an alias refers to a list or mapping that contains it; recipes cannot be recursive")
+        self.open.add(id(node))
+        if kind == "seq":
+            value = [self.read(item) for item in node.value]
+        else:
+            value = [(self.read(key), self.read(item)) for key, item in node.value]
+        self.open.discard(id(node))
+        return Located(kind, value, line)
