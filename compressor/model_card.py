@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from compressor.report import pass_cost
+from compressor.report import describe_metric_data, metric_rows, pass_cost
 
 #: report entries shaped {"before": x, "after": y} that get their own row, in this order, with their unit
 _COST_ROWS = (("params", "parameters", "M", 1e-6), ("flops", "FLOPs", "G", 1e-9), ("latency_ms", "latency", "ms", 1))
@@ -89,11 +89,7 @@ def before_after_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]
     for key, value in report.get("fidelity", {}).items():
         if isinstance(value, float):
             rows.append((f"{key.replace('_', ' ')} to the original", "1", f"{value:.4f}", ""))
-    for key, entry in report.get("metrics", {}).items():  # task metrics (top-1, AP, ...) when a run measured them
-        if isinstance(entry, dict) and {"before", "after"} <= set(entry):
-            rows.append((key.replace("_", " "), f"{entry['before']:.4f}", f"{entry['after']:.4f}",
-                         f"{entry['after'] - entry['before']:+.4f}"))
-    return rows
+    return rows + metric_rows(report)
 
 
 def _markdown_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
@@ -162,6 +158,11 @@ def _library(result, config: dict[str, Any]) -> str:
     return (config.get("compression_config") or {}).get("library", "transformers")
 
 
+def _metric_note(report: dict[str, Any]) -> str:
+    described = describe_metric_data(report)
+    return f"\n{described}; for them the last column is after − before.\n" if described else ""
+
+
 def render_model_card(result, config: dict[str, Any], load_as: str = "path/to/this-directory") -> str:
     """The card; `load_as` is what the load snippet names (the directory, or the Hub repository when pushed)."""
     report = result.report
@@ -188,7 +189,7 @@ Measured in one run, on {measured_on} (CPU, {report['environment']['threads']} t
 model's).
 
 {_markdown_table(before_after_rows(report), ("", "before", "after", "after/before"))}
-
+{_metric_note(report)}
 {evaluation_section(report.get("evaluation", []))}{distillation_section(report.get("distillation"))}
 ## How to load
 
