@@ -7,6 +7,7 @@ resolved recipe that rebuilds it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,28 @@ def _metric_note(report: dict[str, Any]) -> str:
     return f"\n{described}; for them the last column is after − before.\n" if described else ""
 
 
+#: what `compressor.load` does first, for the card of a local directory and for the card pushed to the Hub
+_LOAD_LOCAL = "`compressor.load` reads the files of this local directory"
+_LOAD_HUB = "`compressor.load` downloads the repository (`snapshot_download`)"
+_LOAD_CALL = re.compile(r'compressor\.load\("[^"\n]*"\)')
+
+
+def model_name(source: str) -> str:
+    """What a model is called: the Hub id, or the last part of a local path (`../shared/data/vit-cifar10` →
+    `vit-cifar10`)."""
+    source = source.rstrip("/")
+    hub_id = _hub_id(source)
+    if hub_id and not Path(source).exists():
+        return hub_id
+    return Path(source).name or source
+
+
+def card_for_hub(card: str, repo_id: str) -> str:
+    """The card of a local directory as published to `repo_id`: its load line names the repository, which
+    `compressor.load` downloads."""
+    return _LOAD_CALL.sub(f'compressor.load("{repo_id}")', card).replace(_LOAD_LOCAL, _LOAD_HUB)
+
+
 def render_model_card(result, config: dict[str, Any], load_as: str = "path/to/this-directory") -> str:
     """The card; `load_as` is what the load snippet names (the directory, or the Hub repository when pushed)."""
     report = result.report
@@ -175,7 +198,7 @@ def render_model_card(result, config: dict[str, Any], load_as: str = "path/to/th
 {front}
 ---
 
-# {report['base_model']}, compressed with {passes}
+# {model_name(report['base_model'])}, compressed with {passes}
 
 Produced by `compressor` from `{report['base_model']}` ({report['family']}, {report['task']}) with the recipe
 `{report['recipe']}` and seed {report['seed']}.
@@ -199,9 +222,8 @@ import compressor
 model = compressor.load("{load_as}")
 ```
 
-`compressor.load` downloads the repository (`snapshot_download`), builds the base architecture from `config.json`,
-replays the resolved recipe below and loads `model.safetensors` strictly: the outputs equal those of the model right
-after compression. {_plain_library_note(_library(result, config), passes)}
+{_LOAD_LOCAL}, builds the base architecture from `config.json`, replays the resolved recipe below
+and loads `model.safetensors` strictly: the outputs equal those of the model right after compression. {_plain_library_note(_library(result, config), passes)}
 
 ## Recipe
 
