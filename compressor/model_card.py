@@ -45,7 +45,10 @@ def _base_card(loaded) -> dict[str, Any]:
     try:
         from huggingface_hub import hf_hub_download
 
-        return front_matter(Path(hf_hub_download(repo_id, "README.md")).read_text(encoding="utf-8"))
+        from compressor.hub_reachability import cache_only_when_hub_unreachable
+
+        with cache_only_when_hub_unreachable():
+            return front_matter(Path(hf_hub_download(repo_id, "README.md")).read_text(encoding="utf-8"))
     except Exception:  # no card, offline, not a Hub id: the card then simply has no license line
         return {}
 
