@@ -57,3 +57,16 @@ def test_with_a_distill_step_the_after_metric_is_said_to_precede_training():
     line = describe_metric_data({"metrics_measured_on": {"data": "test.parquet", "examples": 32,
                                                          "after": "the passes, before the distill step"}})
     assert line == "Task metrics on test.parquet (32 examples, after: the passes, before the distill step)"
+
+
+def test_api_compress_eval_data_gives_a_detector_its_coco_ap_before_and_after(hf_detr_dir):
+    from checkpoints_compressed import SMALL_ACT
+    from shared_assets import shared
+
+    coco = str(shared("coco128-val"))
+    result = compressor.compress(hf_detr_dir, "act", overrides=SMALL_ACT, progress=False, latency_runs=1,
+                                 eval_data=coco, eval_limit=8)
+    metrics = result.report["metrics"]
+    assert "AP" in metrics and "top1" not in metrics
+    assert all(0 <= entry["before"] <= 1 and 0 <= entry["after"] <= 1 for entry in metrics.values())
+    assert result.report["metrics_measured_on"] == {"data": coco, "examples": 8}
