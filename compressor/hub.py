@@ -9,17 +9,16 @@ name the repository and the HTTP status, never the request headers.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from compressor.errors import PublishError
+from compressor.model_card import card_for_hub
 from compressor.sources import COMPRESSION_KEY, read_config
 
 #: the files a directory written by `compress` must hold to be published
 REQUIRED_FILES = ("config.json", "model.safetensors", "recipe.yaml", "README.md")
-_LOAD_CALL = re.compile(r'compressor\.load\("[^"\n]*"\)')
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -95,7 +94,7 @@ def _staged_copy(directory: Path, repo_id: str, workdir: Path) -> Path:
     staged = workdir / "upload"
     shutil.copytree(directory, staged, ignore=shutil.ignore_patterns(".*"), copy_function=_link_or_copy)
     card = staged / "README.md"
-    text = _LOAD_CALL.sub(f'compressor.load("{repo_id}")', card.read_text(encoding="utf-8"))
+    text = card_for_hub(card.read_text(encoding="utf-8"), repo_id)
     card.unlink()  # it may be a hard link to the original card, which must stay as it is
     card.write_text(text, encoding="utf-8")
     return staged

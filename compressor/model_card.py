@@ -7,12 +7,13 @@ resolved recipe that rebuilds it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from compressor.report import pass_cost
+from compressor.report import describe_metric_data, metric_rows, pass_cost
 
 #: report entries shaped {"before": x, "after": y} that get their own row, in this order, with their unit
 _COST_ROWS = (("params", "parameters", "M", 1e-6), ("flops", "FLOPs", "G", 1e-9), ("latency_ms", "latency", "ms", 1))
@@ -44,7 +45,10 @@ def _base_card(loaded) -> dict[str, Any]:
     try:
         from huggingface_hub import hf_hub_download
 
-        return front_matter(Path(hf_hub_download(repo_id, "README.md")).read_text(encoding="utf-8"))
+        from compressor.hub_reachability import cache_only_when_hub_unreachable
+
+        with cache_only_when_hub_unreachable():
+            return front_matter(Path(hf_hub_download(repo_id, "README.md")).read_text(encoding="utf-8"))
     except Exception:  # no card, offline, not a Hub id: the card then simply has no license line
         return {}
 
@@ -89,11 +93,7 @@ def before_after_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]
     for key, value in report.get("fidelity", {}).items():
         if isinstance(value, float):
             rows.append((f"{key.replace('_', ' ')} to the original", "1", f"{value:.4f}", ""))
-    for key, entry in report.get("metrics", {}).items():  # task metrics (top-1, AP, ...) when a run measured them
-        if isinstance(entry, dict) and {"before", "after"} <= set(entry):
-            rows.append((key.replace("_", " "), f"{entry['before']:.4f}", f"{entry['after']:.4f}",
-                         f"{entry['after'] - entry['before']:+.4f}"))
-    return rows
+    return rows + metric_rows(report)
 
 
 def _markdown_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
@@ -162,6 +162,33 @@ def _library(result, config: dict[str, Any]) -> str:
     return (config.get("compression_config") or {}).get("library", "transformers")
 
 
+def _metric_note(report: dict[str, Any]) -> str:
+    described = describe_metric_data(report)
+    return f"\n{described}; for them the last column is after − before.\n" if described else ""
+
+
+#: what `compressor.load` does first, for the card of a local directory and for the card pushed to the Hub
+_LOAD_LOCAL = "`compressor.load` reads the files of this local directory"
+_LOAD_HUB = "`compressor.load` downloads the repository (`snapshot_download`)"
+_LOAD_CALL = re.compile(r'compressor\.load\("[^"\n]*"\)')
+
+
+def model_name(source: str) -> str:
+    """What a model is called: the Hub id, or the last part of a local path (`../shared/data/vit-cifar10` →
+    `vit-cifar10`)."""
+    source = source.rstrip("/")
+    hub_id = _hub_id(source)
+    if hub_id and not Path(source).exists():
+        return hub_id
+    return Path(source).name or source
+
+
+def card_for_hub(card: str, repo_id: str) -> str:
+    """The card of a local directory as published to `repo_id`: its load line names the repository, which
+    `compressor.load` downloads."""
+    return _LOAD_CALL.sub(f'compressor.load("{repo_id}")', card).replace(_LOAD_LOCAL, _LOAD_HUB)
+
+
 def render_model_card(result, config: dict[str, Any], load_as: str = "path/to/this-directory") -> str:
     """The card; `load_as` is what the load snippet names (the directory, or the Hub repository when pushed)."""
     report = result.report
@@ -174,7 +201,7 @@ def render_model_card(result, config: dict[str, Any], load_as: str = "path/to/th
 {front}
 ---
 
-# {report['base_model']}, compressed with {passes}
+# {model_name(report['base_model'])}, compressed with {passes}
 
 Produced by `compressor` from `{report['base_model']}` ({report['family']}, {report['task']}) with the recipe
 `{report['recipe']}` and seed {report['seed']}.
@@ -188,7 +215,7 @@ Measured in one run, on {measured_on} (CPU, {report['environment']['threads']} t
 model's).
 
 {_markdown_table(before_after_rows(report), ("", "before", "after", "after/before"))}
-
+{_metric_note(report)}
 {evaluation_section(report.get("evaluation", []))}{distillation_section(report.get("distillation"))}
 ## How to load
 
@@ -198,9 +225,8 @@ import compressor
 model = compressor.load("{load_as}")
 ```
 
-`compressor.load` downloads the repository (`snapshot_download`), builds the base architecture from `config.json`,
-replays the resolved recipe below and loads `model.safetensors` strictly: the outputs equal those of the model right
-after compression. {_plain_library_note(_library(result, config), passes)}
+{_LOAD_LOCAL}, builds the base architecture from `config.json`, replays the resolved recipe below
+and loads `model.safetensors` strictly: the outputs equal those of the model right after compression. {_plain_library_note(_library(result, config), passes)}
 
 ## Recipe
 

@@ -7,6 +7,7 @@ measured against it in the same process, on the same example input.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
@@ -15,8 +16,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from compressor.errors import RecipeError
+from compressor.errors import CompressorError, RecipeError
 from compressor.evaluate.cost import count_flops, count_parameters, interleaved_latency_ms
+from compressor.evaluate.before_after import check_eval_data, load_eval_data, metric_before_after
 from compressor.evaluate.fidelity import mean_cosine, primary_outputs
 from compressor.library_progress import library_progress_bars
 from compressor.pass_order import check_pass_order, check_shared_sites
@@ -160,20 +162,34 @@ def _pass_statistics(applied: list[AppliedPass], loaded: LoadedModel, batches: l
     return entries
 
 
+def _load_evaluation_data(eval_data: str | None, eval_limit: int | None, progress: bool):
+    if eval_data is None:
+        return None
+    if eval_limit is not None and eval_limit < 1:
+        raise CompressorError(f"eval_limit must be at least 1, got {eval_limit}")
+    with library_progress_bars(progress):
+        return load_eval_data(eval_data, eval_limit)
+
+
 def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequence[str] = (),
              calib: str | None = None, calib_samples: int = 64, seed: int = 0,
              input_size: tuple[int, ...] | None = None, latency_runs: int = 5, progress: bool = True,
              revision: str | None = None, token: str | bool | None = None,
-             trust_remote_code: bool = False) -> CompressionResult:
-    """Load `source`, apply `recipe`, and measure params, FLOPs, latency and fidelity before and after."""
+             trust_remote_code: bool = False, eval_data: str | None = None,
+             eval_limit: int | None = None) -> CompressionResult:
+    """Load `source`, apply `recipe`, and measure params, FLOPs, latency and fidelity before and after; with
+    `eval_data` (labelled data, `eval_limit` examples of it) also the task metric of both models."""
     recipe = resolve_recipe(recipe, overrides)
     check_calibration_given(recipe, calib)
+    evaluation_data = _load_evaluation_data(eval_data, eval_limit, progress)
     log(f"loading {source}", progress)
     with library_progress_bars(progress):
         loaded = load_source(source, revision=revision, token=token, trust_remote_code=trust_remote_code)
     adapter, model = loaded.adapter, loaded.model
     torch.manual_seed(seed)
     check_recipe_fits(loaded, recipe)  # before anything slow happens
+    if evaluation_data is not None:
+        check_eval_data(loaded, evaluation_data)
 
     calibration = None
     if calib is not None:
@@ -205,6 +221,12 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
     passes = attribute_costs(_pass_statistics(applied, loaded, statistics_batches), costs)
     latency_before, latency_after = interleaved_latency_ms([original, model], example, runs=latency_runs)
     kept = original if resolved.distill() is not None else None
+    metrics = None
+    if evaluation_data is not None:
+        log(f"evaluating the original and the compressed model on {evaluation_data.spec}", progress)
+        original_loaded = dataclasses.replace(loaded, model=original, adapter=type(adapter)(original,
+                                                                                            adapter.processor))
+        metrics = metric_before_after(original_loaded, loaded, evaluation_data, progress=progress)
     del original
 
     report = {
@@ -226,4 +248,9 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
         "statistics_measured_on": "calibration data" if calibration else "example input",
         "environment": environment(),
     }
+    if metrics is not None:
+        report["metrics"] = metrics.pop("metrics")
+        report["metrics_measured_on"] = metrics
+        if resolved.distill() is not None:  # the distill step's own summary gives the trained model's metric
+            metrics["after"] = "the passes, before the distill step"
     return CompressionResult(loaded, resolved, report, seed, applied, original=kept)

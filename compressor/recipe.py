@@ -32,15 +32,13 @@ from typing import Any, Iterator, NoReturn, Sequence
 
 import yaml
 
-import compressor
+from compressor.builtin_recipes import RECIPES_DIR
 from compressor.distill.settings import DISTILL, DISTILL_PARAMS
 from compressor.errors import RecipeError
 from compressor.located_yaml import YAML_SCALARS, Located, yaml_problem
 from compressor.passes import AUTO, PASSES, Param, Pass
 from compressor.settings_schema import InvalidSetting, check_setting, show_value
 
-#: where the built-in recipes live: `recipes/<name>.yaml` at the repository root
-RECIPES_DIR = Path(compressor.__file__).resolve().parents[1] / "recipes"
 BUILTIN_PREFIX = "built-in:"
 STAGE_SUFFIX = "_stage"
 #: stage names end up in dotted `--set` keys, so they may not contain dots

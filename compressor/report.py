@@ -61,6 +61,23 @@ def _millions(params: float) -> str:
     return f"{params / 1e6:.3f} M"
 
 
+def metric_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, before, after, change) for the task metrics `compress --eval-data` measured (top-1, AP, ...)."""
+    return [(name.replace("_", " "), f"{entry['before']:.4f}", f"{entry['after']:.4f}",
+             f"{entry['after'] - entry['before']:+.4f}")
+            for name, entry in report.get("metrics", {}).items()
+            if isinstance(entry, dict) and {"before", "after"} <= set(entry)]
+
+
+def describe_metric_data(report: dict[str, Any]) -> str:
+    """`Task metrics on DATA (N examples)`: where they were measured, or "" when they were not."""
+    measured_on = report.get("metrics_measured_on")
+    if not measured_on:
+        return ""
+    after = f", after: {measured_on['after']}" if measured_on.get("after") else ""
+    return f"Task metrics on {measured_on['data']} ({measured_on['examples']} examples{after})"
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The before/after table `cli.py compress` prints."""
     rows = [("", "before", "after", "after/before")]
@@ -74,6 +91,7 @@ def format_table(report: dict[str, Any]) -> str:
     for key, value in report.get("fidelity", {}).items():
         if isinstance(value, float):
             rows.append((key.replace("_", " "), "1", f"{value:.4f}", ""))
+    rows += metric_rows(report)
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
              for row in rows]
@@ -90,6 +108,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"measured on {report['input']}; latency: median of {latency['runs']} interleaved runs, "
                  f"{report['environment']['threads']} threads")
+    if describe_metric_data(report):
+        lines.append(describe_metric_data(report) + "; for them the last column is after - before")
     return "\n".join(lines)
 
 

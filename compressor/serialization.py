@@ -166,9 +166,13 @@ def download_compressed(repo_id: str, *, revision: str | None = None, token: str
 
 
 def load(source: str | os.PathLike, *, revision: str | None = None, token: str | bool | None = None,
-         trust_remote_code: bool = False) -> nn.Module:
-    """Load any source — a compressed directory or Hub repo, or an original model — ready for inference."""
-    return load_source(source, revision=revision, token=token, trust_remote_code=trust_remote_code).model
+         trust_remote_code: bool = False, progress: bool = True) -> nn.Module:
+    """Load any source — a compressed directory or Hub repo, or an original model — ready for inference;
+    `progress=False` silences the libraries' loading bars, as `compress(progress=False)` does."""
+    from compressor.library_progress import library_progress_bars
+
+    with library_progress_bars(progress):
+        return load_source(source, revision=revision, token=token, trust_remote_code=trust_remote_code).model
 
 
 __all__ = ["CompressorError", "download_compressed", "load", "load_compressed", "save"]

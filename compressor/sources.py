@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from compressor.errors import SourceError
+from compressor.hub_reachability import cache_only_when_hub_unreachable
 from compressor.models import ModelAdapter, adapter_for
 from compressor.output_guard import COMPRESSION_KEY
 
@@ -86,7 +87,8 @@ def load_source(source: str | os.PathLike | nn.Module, *, revision: str | None =
         return LoadedModel(source.eval(), adapter_for(source), type(source).__name__, type(source).__name__)
     text = str(source)
     if text.startswith(("timm/", "hf-hub:")):
-        return _load_timm(text, token=token)
+        with cache_only_when_hub_unreachable():
+            return _load_timm(text, token=token)
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -95,14 +97,15 @@ def load_source(source: str | os.PathLike | nn.Module, *, revision: str | None =
     if text.startswith((".", "/", "~")) or not _HUB_ID.match(text) or text.count("/") > 1:
         raise SourceError(f"no such model directory: {path}; pass an existing directory or a Hub id like "
                           "facebook/detr-resnet-50")
-    config = _download_config(text, revision, token)
-    if COMPRESSION_KEY in config:
-        from compressor.serialization import download_compressed
+    with cache_only_when_hub_unreachable():
+        config = _download_config(text, revision, token)
+        if COMPRESSION_KEY in config:
+            from compressor.serialization import download_compressed
 
-        return download_compressed(text, revision=revision, token=token)
-    if _is_timm_config(config):
-        return _load_timm(f"hf-hub:{text}", token=token)
-    return _load_transformers(text, revision=revision, token=token, trust_remote_code=trust_remote_code)
+            return download_compressed(text, revision=revision, token=token)
+        if _is_timm_config(config):
+            return _load_timm(f"hf-hub:{text}", token=token)
+        return _load_transformers(text, revision=revision, token=token, trust_remote_code=trust_remote_code)
 
 
 def _load_directory(path: Path, *, trust_remote_code: bool) -> LoadedModel:

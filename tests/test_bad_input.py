@@ -317,6 +317,14 @@ CASES = {
                                            "--resume"),
     "zero calibration samples": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--calib-samples", "0"),
                                  "at least 1"),
+    # the before/after task metric of compress --eval-data
+    "evaluation data that does not exist": (lambda w, f: _compress(
+        f["vit"], "--recipe", "act", "--eval-data", "missing.parquet"), "does not exist"),
+    "text evaluation data for an image model": (lambda w, f: (w.joinpath("p.txt").write_text("one.\n\ntwo."),
+                                                             _compress(f["vit"], "--recipe", "act", "--eval-data",
+                                                                       "p.txt"))[1], "holds text but"),
+    "zero evaluation examples": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--eval-data",
+                                                        "test.parquet", "--eval-limit", "0"), "at least 1"),
 }
 
 

@@ -34,3 +34,13 @@ def test_compress_without_progress_prints_nothing(hf_vit_dir, capfd, library_bar
     compressor.compress(hf_vit_dir, "act", progress=False, latency_runs=1)
     captured = capfd.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_load_without_progress_prints_no_loading_bar(compressed_vit_dir, hf_vit_dir, capfd, library_bars_on):
+    compressor.load(hf_vit_dir)
+    assert "Loading weights" in capfd.readouterr().err  # transformers draws its bar by default ...
+    compressor.load(compressed_vit_dir, progress=False)
+    compressor.load(hf_vit_dir, progress=False)
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""  # ... and not when the call asked for silence
+    assert transformers_logging.is_progress_bar_enabled()

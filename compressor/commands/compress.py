@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 from compressor.atomic_dir import check_output_path
-from compressor.commands.base import Command, add_recipe_arguments, add_source_arguments, parse_input_size
+from compressor.commands.base import (Command, add_recipe_arguments, add_source_arguments, check_positive,
+                                      parse_input_size)
 from compressor.commands.push import add_push_to_arguments, check_push_to, push_if_asked
 from compressor.errors import CompressorError
 
@@ -40,7 +41,13 @@ class CompressCommand(Command):
         parser.add_argument("--data", metavar="DATA",
                             help="training data for the recipe's distill step (overrides its `data`)")
         parser.add_argument("--eval-data", metavar="DATA",
-                            help="labelled data to keep the best student of the distill step by")
+                            help="labelled data (as for `evaluate --data`) to measure the task metric of the original "
+                                 "and of the compressed model on (top-1 for classifiers, COCO AP for detectors, "
+                                 "embedding cosine for bare encoders; in the table, report.json and the card), "
+                                 "and to keep the best student of the recipe's distill step by")
+        parser.add_argument("--eval-limit", type=int, metavar="N",
+                            help="measure the before/after metric on N examples of --eval-data (a seeded random "
+                                 "subset, as `evaluate --limit`; default: the distill step's eval_limit, else all)")
         parser.add_argument("--no-distill", action="store_true",
                             help="skip the recipe's distill step: write the compressed model untrained")
         parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
@@ -58,13 +65,20 @@ class CompressCommand(Command):
         check_push_to(args)
         if args.calib_samples < 1 or args.latency_runs < 1:
             raise CompressorError("--calib-samples and --latency-runs must be at least 1")
-        recipe = resolve_distill_step(resolve_recipe(args.recipe, args.overrides), out, data=args.data,
-                                      eval_data=args.eval_data, skip=args.no_distill, overwrite=args.overwrite)
+        check_positive(eval_limit=args.eval_limit)
+        recipe = resolve_recipe(args.recipe, args.overrides)
+        distills = recipe.distill() is not None
+        recipe = resolve_distill_step(recipe, out, data=args.data, eval_data=args.eval_data if distills else None,
+                                      skip=args.no_distill, overwrite=args.overwrite)
+        eval_limit = args.eval_limit
+        if eval_limit is None and recipe.distill() is not None:
+            eval_limit = recipe.distill().params.get("eval_limit")
         result = compress(args.source, recipe, calib=args.calib,
                           calib_samples=args.calib_samples, seed=args.seed,
                           input_size=parse_input_size(args.input_size), latency_runs=args.latency_runs,
                           progress=not args.quiet, revision=args.revision,
-                          trust_remote_code=args.trust_remote_code)
+                          trust_remote_code=args.trust_remote_code, eval_data=args.eval_data,
+                          eval_limit=eval_limit)
         if result.recipe.distill() is not None:
             result.report["distillation"] = run_distill_step(
                 result, out, progress=not args.quiet, overwrite=args.overwrite, revision=args.revision,
