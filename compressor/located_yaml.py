@@ -15,6 +15,28 @@ from compressor.errors import RecipeError
 
 #: what a plain YAML scalar holds
 YAML_SCALARS = (str, int, float, bool, type(None))
+#: the most values a recipe may hold once its aliases are expanded: nested aliases ("billion laughs") make a few
+#: hundred bytes of YAML expand to billions of values, so reading stops here instead of exhausting the memory
+MAX_VALUES = 100_000
+TOO_LARGE = (f"expands to more than {MAX_VALUES:,} values (nested aliases?); write the recipe out without anchors "
+             "and aliases")
+
+
+def within_size(data: Any, limit: int = MAX_VALUES) -> bool:
+    """True when `data` (lists and dicts, possibly sharing children as aliases do) holds at most `limit` values
+    once expanded; stops counting at the limit, so it is cheap even for an exponential structure."""
+    pending, seen = [data], 0
+    while pending:
+        item = pending.pop()
+        seen += 1
+        if seen > limit:
+            return False
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return True
 
 
 def yaml_problem(exc: BaseException) -> str:
@@ -40,10 +62,17 @@ class Located:
 
     @classmethod
     def from_data(cls, data: Any) -> Located:
+        if not within_size(data):
+            raise RecipeError(f"the recipe {TOO_LARGE}")
+        return cls._from_checked_data(data)
+
+    @classmethod
+    def _from_checked_data(cls, data: Any) -> Located:
         if isinstance(data, dict):
-            return cls("map", [(cls.from_data(k), cls.from_data(v)) for k, v in data.items()], None)
+            return cls("map", [(cls._from_checked_data(k), cls._from_checked_data(v)) for k, v in data.items()],
+                       None)
         if isinstance(data, (list, tuple)):
-            return cls("seq", [cls.from_data(item) for item in data], None)
+            return cls("seq", [cls._from_checked_data(item) for item in data], None)
         return cls("scalar", data, None)
 
     @classmethod
@@ -75,12 +104,16 @@ class _LocatedReader:
         self.label = label
         self.constructor = yaml.constructor.SafeConstructor()
         self.open: set[int] = set()
+        self.values = 0
 
     def fail(self, node: yaml.Node, message: str) -> NoReturn:
         raise RecipeError(f"{self.label}:{node.start_mark.line + 1}: {message}")
 
     def read(self, node: yaml.Node) -> Located:
         line = node.start_mark.line + 1
+        self.values += 1
+        if self.values > MAX_VALUES:
+            self.fail(node, f"the recipe {TOO_LARGE}")
         if isinstance(node, yaml.ScalarNode):
             if node.tag == "tag:yaml.org,2002:merge":
                 self.fail(node, "merge keys (<<) are not supported in recipes; write the keys out")

@@ -35,7 +35,7 @@ import yaml
 from compressor.builtin_recipes import RECIPES_DIR
 from compressor.distill.settings import DISTILL, DISTILL_PARAMS
 from compressor.errors import RecipeError
-from compressor.located_yaml import YAML_SCALARS, Located, yaml_problem
+from compressor.located_yaml import TOO_LARGE, YAML_SCALARS, Located, within_size, yaml_problem
 from compressor.passes import AUTO, PASSES, Param, Pass
 from compressor.settings_schema import InvalidSetting, check_setting, show_value
 
@@ -184,6 +184,8 @@ class Recipe:
         except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
             raise RecipeError(f"{prefix}: the value is not a valid YAML scalar or flow list: "
                               f"{yaml_problem(exc)}") from None
+        if not within_size(value):
+            raise RecipeError(f"{prefix}: the value {TOO_LARGE}")
         try:
             spec.params[param_name] = _coerce(spec.name, param_name, value)
         except InvalidSetting as invalid:

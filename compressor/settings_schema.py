@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Optional
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
 
+from compressor.located_yaml import TOO_LARGE, within_size
 from compressor.passes.base import Param
 
 #: models compute in float32 (normal range ~1e-38 .. 3e38): a non-zero setting outside these magnitudes turns into
@@ -153,6 +154,8 @@ def _option_reader(name: str, params: dict[str, Param], setting: str):
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
+        if not within_size(value):
+            raise argparse.ArgumentTypeError(f"the value {TOO_LARGE}")
         if params[setting].choices is not None:
             return value  # argparse refuses anything else itself, naming the choices
         try:

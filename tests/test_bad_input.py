@@ -125,8 +125,31 @@ def _calib_file(workdir, name, content: bytes):
     return str(path)
 
 
+def _flow_laughs(levels: int = 7) -> str:
+    """Nested aliases in one flow list, as a --set value could hold them."""
+    text = '[&a0 [x, x, x, x, x, x, x, x, x]'
+    for i in range(1, levels + 1):
+        text += f", &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]"
+    return text + "]"
+
+
+def _nested_aliases(levels: int = 8) -> str:
+    """"Billion laughs": each level is nine aliases of the one below, 9^9 strings from a few hundred bytes."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
 CASES = {
     # recipes
+    "recipe with nested aliases (billion laughs)": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(
+        w, "description: x\n" + _nested_aliases() + ACT + "    targets: *a8\n")), "expands to more than 100,000"),
+    "override with nested aliases": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--set",
+                                                            "act.targets=" + _flow_laughs()),
+                                     "expands to more than 100,000"),
+    "compressed model whose recipe.yaml has nested aliases": (lambda w, f: ["inspect", str(_compressed_with(
+        w, f, lambda d: (d / "recipe.yaml").write_text(_nested_aliases() + (d / "recipe.yaml").read_text())))],
+        "expands to more than 100,000"),
     "malformed yaml": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(w, "compress_stage:\n  act: [x\n")),
                        "not valid YAML"),
     "recipe is a list": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(w, "- act\n- rounds\n")),
