@@ -291,6 +291,13 @@ CASES = {
     "output parent is a file": (lambda w, f: (w.joinpath("parent").write_text("x"), [
         "compress", str(f["vit"]), "--recipe", "act", "--out", "parent/out", "--quiet"])[1], "is a file"),
     "bad input size": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--input-size", "big"), "HEIGHTxWIDTH"),
+    "input size that would allocate gigabytes": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--input-size",
+                                                                         "100000x100000"), "from 1 to 8,192"),
+    "seed beyond 32 bits": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--seed", str(2**32)),
+                            "from 0 to 4,294,967,295"),
+    "negative seed": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--seed=-1"), "from 0 to 4,294,967,295"),
+    "sweep seed beyond 32 bits": (lambda w, f: ["sweep", str(f["vit"]), "--recipe", "act", "--grid", "act.rounds=4",
+                                                "--data", "d.parquet", "--seed", str(2**40)], "from 0 to 4,294,967,295"),
     "output under /proc": (lambda w, f: _compress(f["vit"], "--recipe", "act", out="/proc/compressor-out"),
                            "cannot write /proc/compressor-out"),
     "output through a symbolic link loop": (lambda w, f: (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from abc import ABC, abstractmethod
 
+from compressor.checked_numbers import check_input_side
 from compressor.errors import CompressorError
 
 
@@ -33,7 +34,7 @@ def parse_input_size(text: str | None) -> tuple[int, ...] | None:
     if not size or len(size) > 2 or any(s <= 0 for s in size):
         raise CompressorError(f"--input-size {text!r}: expected HEIGHTxWIDTH for images (e.g. 800x1066) or a "
                               "token count for text (e.g. 256)")
-    return size
+    return tuple(check_input_side(side, text) for side in size)
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, input_size: bool = True) -> None:

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from compressor.atomic_dir import check_output_path
+from compressor.checked_numbers import check_seed
 from compressor.commands.base import (Command, add_recipe_arguments, add_source_arguments, check_positive,
                                       parse_input_size)
 from compressor.commands.push import add_push_to_arguments, check_push_to, push_if_asked
@@ -61,6 +62,7 @@ class CompressCommand(Command):
         from compressor.serialization import save
 
         out = Path(args.out or default_output_name(args.source, args.recipe))
+        check_seed(args.seed)
         check_output_path(out, args.overwrite, sources=[args.source])
         check_push_to(args)
         if args.calib_samples < 1 or args.latency_runs < 1:

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from compressor.atomic_dir import atomic_directory, check_output_path
+from compressor.checked_numbers import check_seed
 from compressor.commands.base import (Command, add_data_arguments, add_recipe_arguments, add_source_arguments,
                                       check_positive, load_data)
 from compressor.errors import CompressorError
@@ -36,6 +37,7 @@ class SweepCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from compressor.sweep import format_sweep, parse_grid, plot_sweep, run_sweep
 
+        check_seed(args.seed)
         check_positive(limit=args.limit, batch_size=args.batch_size, calib_samples=args.calib_samples)
         out = Path(args.out or re.sub(r"[^\w.-]+", "-", Path(args.source.rstrip("/")).stem) + "-sweep")
         check_output_path(out, args.overwrite, sources=[args.source])

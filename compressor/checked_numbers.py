@@ -1,0 +1,42 @@
+"""Numbers a user or a file gives are finite and in range, checked where they enter.
+
+torch.manual_seed takes 0 … 2^64−1 but numpy and Python's hashing of seeds wrap or fail outside 0 … 2^32−1, so the
+toolkit's seeds are held to that range everywhere; a side of 100,000 pixels would allocate tens of gigabytes before
+failing; a NaN in a config.json (Python's json reads `NaN` and `Infinity`) would silently poison every output.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from compressor.errors import CompressorError, SourceError
+
+MAX_SEED = 2**32 - 1
+#: the largest image side or token count an --input-size may ask for
+MAX_INPUT_SIDE = 8192
+
+
+def check_seed(seed: Any, name: str = "--seed") -> int:
+    """`seed` as an int in 0 … 2^32−1, or one line naming the range."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise CompressorError(f"{name} must be an integer from 0 to {MAX_SEED:,} (2^32 - 1), got {seed!r}")
+    return seed
+
+
+def check_input_side(side: int, text: str) -> int:
+    if not 1 <= side <= MAX_INPUT_SIDE:
+        raise CompressorError(f"--input-size {text!r}: each size must be from 1 to {MAX_INPUT_SIDE:,}")
+    return side
+
+
+def refuse_non_finite_constant(where: str):
+    """A `parse_constant` hook for json.loads: NaN, Infinity and -Infinity are refused with one line."""
+    def refuse(constant: str) -> float:
+        raise SourceError(f"{where} holds {constant}, which is not a finite number; re-save the file (a model whose "
+                          "settings are not numbers cannot be trusted)")
+    return refuse
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
