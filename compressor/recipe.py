@@ -31,13 +31,12 @@ from typing import Any, Iterator, NoReturn, Sequence
 
 import yaml
 
-import compressor
 from compressor.distill.settings import DISTILL, DISTILL_PARAMS
 from compressor.errors import RecipeError
 from compressor.passes import AUTO, PASSES, Param, Pass
 
 #: where the built-in recipes live: `recipes/<name>.yaml` at the repository root
-RECIPES_DIR = Path(compressor.__file__).resolve().parents[1] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 BUILTIN_PREFIX = "built-in:"
 STAGE_SUFFIX = "_stage"
 #: stage names end up in dotted `--set` keys, so they may not contain dots

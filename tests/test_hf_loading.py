@@ -9,7 +9,7 @@ import torch
 
 from compressor.errors import CompressorError, SourceError, UnsupportedModelError
 from compressor.models import AttentionSite
-from compressor.models.hf_common import build_hf_model, hf_config_dict, load_hf_model
+from compressor.loaders.hf_models import build_hf_model, hf_config_dict, load_hf_model
 
 CHECKPOINTS = ["hf_vit_dir", "hf_deit_dir", "hf_swin_dir", "hf_resnet_dir", "hf_detr_dir", "hf_bert_dir"]
 PROCESSOR_CLASS = {"hf_vit_dir": "ViTImageProcessor", "hf_deit_dir": "DeiTImageProcessor",
@@ -30,17 +30,6 @@ def assert_one_line_error(error_type, source, *expected_fragments):
     for fragment in expected_fragments:
         assert fragment in message
     return message
-
-
-@pytest.fixture
-def empty_hub_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face cache, so Hub ids resolve only against what a test puts there."""
-    import huggingface_hub.constants
-
-    cache = tmp_path / "hub-cache"
-    cache.mkdir()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
 
 
 def put_in_hub_cache(cache, repo_id: str, directory) -> None:
