@@ -21,7 +21,7 @@ from compressor.loaders.loaded_model import LoadedModel
 from compressor.passes import PassContext
 from compressor.recipe import Recipe
 from compressor.report import attribute_costs, environment
-from compressor.rewrite import AppliedPass, apply_recipe, check_calibration_given, check_recipe_fits, log
+from compressor.recipe_runner import AppliedPass, apply_recipe, check_calibration_given, check_recipe_fits, log
 from compressor.sources import load_source
 
 

@@ -29,7 +29,7 @@ from compressor.model_card import render_model_card
 from compressor.models import adapter_for
 from compressor.output_guard import COMPRESSION_KEY
 from compressor.recipe import Recipe
-from compressor.rewrite import apply_recipe
+from compressor.recipe_runner import apply_recipe
 from compressor.version import __version__
 
 FORMAT_VERSION = 1

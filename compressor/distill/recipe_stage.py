@@ -75,7 +75,7 @@ def run_distill_step(result, out: Path, *, progress: bool = True, overwrite: boo
     from compressor.atomic_dir import atomic_directory
     from compressor.data.loading import load_labelled
     from compressor.distill.trainer import CHECKPOINTS, Distiller
-    from compressor.rewrite import log
+    from compressor.recipe_runner import log
     from compressor.serialization import save
     from compressor.sources import load_source
 

@@ -1,6 +1,6 @@
-"""Reading model files: the Hub fetch and offline check, config.json, and the transformers and timm loaders.
+"""Reading model files: the one Hub fetch and offline check, the one config.json reader, the transformers and timm
+loaders, and `LoadedModel`, what they all return.
 
-Everything here sits below the adapters' registry users and above nothing but `compressor.errors`,
-`compressor.models` and the host libraries; `compressor.sources` picks among these loaders for a user's source,
-and `compressor.serialization` rebuilds compressed outputs with them.
+These modules import nothing of the toolkit above the adapters (`compressor.models`): `compressor.sources` picks
+the loader for a user's source, and `compressor.serialization` rebuilds compressed outputs with them.
 """

@@ -30,6 +30,7 @@ def offline_hint() -> str:
 
 
 def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none): what a one-line error may quote."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
