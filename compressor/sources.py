@@ -52,7 +52,7 @@ def load_source(source: str | os.PathLike | nn.Module, *, revision: str | None =
     if COMPRESSION_KEY in config:
         return download_compressed(text, revision=revision, token=token)
     if _is_timm_config(config):
-        return _load_timm(f"hf-hub:{text}", token=token)
+        return _load_timm(f"hf-hub:{text}" + (f"@{revision}" if revision else ""), token=token)
     return _load_transformers(text, revision=revision, token=token, trust_remote_code=trust_remote_code)
 
 

@@ -101,6 +101,15 @@ def empty_hub_cache(tmp_path, monkeypatch):
     return cache
 
 
+def put_in_hub_cache(cache: Path, repo_id: str, directory: Path, revision: str = "main") -> None:
+    """Lay `directory` out as huggingface_hub's cache does after downloading `repo_id` at `revision`."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(directory, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / revision).write_text(commit)
+
+
 def point_hub_at(monkeypatch, endpoint: str, cache: Path) -> None:
     """What HF_ENDPOINT=<endpoint>, HF_HUB_CACHE=<cache> and no offline flag do, for the running process."""
     import huggingface_hub.constants as constants

@@ -19,6 +19,7 @@ from compressor.loaders.hub_files import hub_file, offline_hint
 from compressor.loaders.timm_models import load_timm_model
 from compressor.serialization import load_compressed
 from compressor.sources import load_source
+from hub_servers import put_in_hub_cache
 
 
 def message_of(load, *args) -> str:
@@ -83,3 +84,11 @@ def test_a_config_that_is_not_json_or_missing_fails_alike_in_every_loader(hf_vit
                                 (empty, f"{empty} has no config.json: expected ")):
         for load in (load_source, load_hf_model, load_timm_model, load_compressed, check_publishable):
             assert message_of(load, str(directory)).startswith(expected), load
+
+
+def test_a_timm_hub_repo_is_loaded_at_the_requested_revision(timm_vit_dir, empty_hub_cache):
+    put_in_hub_cache(empty_hub_cache, "some-org/timm-vit", timm_vit_dir, revision="v1")  # no main branch
+
+    loaded = load_source("some-org/timm-vit", revision="v1")
+
+    assert loaded.adapter.family == "timm-vit" and loaded.model.pretrained_cfg["hf_hub_id"] == "some-org/timm-vit@v1"

@@ -10,8 +10,8 @@ from torch import nn
 
 from checkpoints_timm import TINY_TIMM_MODELS, create_tiny_timm_model, write_timm_checkpoint
 from compressor.errors import CompressorError, SourceError, UnsupportedModelError
-from compressor.models import AttentionKernel, AttentionSite, adapter_for
 from compressor.loaders.timm_models import build_timm_model, load_processor, load_timm_model, timm_config_dict
+from compressor.models import AttentionKernel, AttentionSite, adapter_for
 from compressor.models.timm_common import make_kernel_attention_class
 from compressor.models.timm_resnet import TimmResNetAdapter
 from compressor.models.timm_swin import TimmSwinAdapter
