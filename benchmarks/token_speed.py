@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from compressor.evaluate.cost import count_flops, flop_counter  # noqa: E402
 from compressor.models import adapter_for  # noqa: E402
-from compressor.pipeline import apply_recipe  # noqa: E402
+from compressor.recipe_runner import apply_recipe  # noqa: E402
 from compressor.recipe import Recipe  # noqa: E402
 from compressor.sources import LoadedModel  # noqa: E402
 

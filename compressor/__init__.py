@@ -11,9 +11,8 @@ The Python API mirrors the CLI::
     model = compressor.load("my-org/detr-act")                           # ... and load it back from the Hub
 """
 
-__version__ = "0.1.0"
-
-from compressor.errors import CompressorError  # noqa: E402
+from compressor.errors import CompressorError
+from compressor.version import __version__
 
 
 def __getattr__(name):
@@ -22,10 +21,14 @@ def __getattr__(name):
         from compressor import pipeline
 
         return getattr(pipeline, name)
-    if name in ("save", "load"):
-        from compressor import serialization
+    if name == "save":
+        from compressor.serialization import save
 
-        return getattr(serialization, name)
+        return save
+    if name == "load":
+        from compressor.sources import load
+
+        return load
     if name == "distill_and_save":
         from compressor.distill.recipe_stage import distill_and_save
 

@@ -14,8 +14,10 @@ import tempfile
 from pathlib import Path
 
 from compressor.errors import PublishError
+from compressor.loaders.config_file import read_config
+from compressor.loaders.hub_files import first_line
 from compressor.model_card import card_for_hub
-from compressor.sources import COMPRESSION_KEY, read_config
+from compressor.output_guard import COMPRESSION_KEY
 
 #: the files a directory written by `compress` must hold to be published
 REQUIRED_FILES = ("config.json", "model.safetensors", "recipe.yaml", "README.md")
@@ -28,7 +30,7 @@ def check_repo_id(repo_id: str) -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise PublishError(f"--repo-id {repo_id!r} is not a valid Hub repository id ({_first_line(error)}); "
+        raise PublishError(f"--repo-id {repo_id!r} is not a valid Hub repository id ({first_line(error)}); "
                            "expected ORG/NAME, e.g. my-org/detr-resnet-50-act") from None
     if repo_id.count("/") != 1:
         raise PublishError(f"--repo-id {repo_id!r}: give the namespace too, as ORG/NAME (your user name or an "
@@ -62,11 +64,6 @@ def check_publishable(directory: str | os.PathLike) -> Path:
     return directory
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _explain(error: Exception, repo_id: str) -> PublishError:
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -75,7 +72,7 @@ def _explain(error: Exception, repo_id: str) -> PublishError:
         return PublishError(f"the Hub refused to write {repo_id} (HTTP {status}): check that your token has write "
                             "access to that namespace (`hf auth whoami`)")
     if isinstance(error, HfHubHTTPError):
-        return PublishError(f"the Hub refused the push to {repo_id} (HTTP {status}): {_first_line(error)}")
+        return PublishError(f"the Hub refused the push to {repo_id} (HTTP {status}): {first_line(error)}")
     if isinstance(error, ValueError):  # e.g. the Hub's verdict on the card's metadata
         return PublishError(f"the Hub refused the push to {repo_id}: {error}")
     return PublishError(f"cannot reach the Hub to push {repo_id} ({type(error).__name__}); check the network and "

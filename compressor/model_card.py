@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from compressor.errors import SourceError
+from compressor.loaders.hub_files import hub_file
 from compressor.report import describe_metric_data, metric_rows, pass_cost
 
 #: report entries shaped {"before": x, "after": y} that get their own row, in this order, with their unit
@@ -43,13 +45,9 @@ def _base_card(loaded) -> dict[str, Any]:
     if repo_id is None:
         return {}
     try:
-        from huggingface_hub import hf_hub_download
-
-        from compressor.hub_reachability import cache_only_when_hub_unreachable
-
-        with cache_only_when_hub_unreachable():
-            return front_matter(Path(hf_hub_download(repo_id, "README.md")).read_text(encoding="utf-8"))
-    except Exception:  # no card, offline, not a Hub id: the card then simply has no license line
+        card = hub_file(repo_id, "README.md", required=False)
+        return front_matter(card.read_text(encoding="utf-8")) if card is not None else {}
+    except (SourceError, OSError, UnicodeDecodeError):  # no card, offline, not a Hub id: no license line then
         return {}
 
 

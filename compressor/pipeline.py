@@ -9,34 +9,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from compressor.errors import CompressorError, RecipeError
+from compressor.errors import CompressorError
 from compressor.evaluate.cost import count_flops, count_parameters, interleaved_latency_ms
 from compressor.evaluate.before_after import check_eval_data, load_eval_data, metric_before_after
 from compressor.evaluate.fidelity import mean_cosine, primary_outputs
 from compressor.library_progress import library_progress_bars
-from compressor.pass_order import check_pass_order, check_shared_sites
-from compressor.passes import PASSES, Pass, PassContext
-from compressor.passes.targets import select_sites
-from compressor.recipe import PassSpec, Recipe
+from compressor.loaders.loaded_model import LoadedModel
+from compressor.passes import PassContext
+from compressor.recipe import Recipe
 from compressor.report import attribute_costs, environment
-from compressor.sources import LoadedModel, load_source
-
-
-@dataclass
-class AppliedPass:
-    """A pass as it was applied: its spec, the pass object, the sites and the plan it ran with."""
-
-    spec: PassSpec
-    rewriter: Pass
-    sites: list
-    plan: dict[str, dict[str, Any]]
+from compressor.recipe_runner import AppliedPass, apply_recipe, check_calibration_given, check_recipe_fits, log
+from compressor.sources import load_source
 
 
 @dataclass
@@ -57,89 +46,9 @@ class CompressionResult:
         return self.loaded.model
 
 
-def log(message: str, enabled: bool = True) -> None:
-    if enabled:
-        print(message, file=sys.stderr, flush=True)
-
-
 def resolve_recipe(recipe: str | os.PathLike | Recipe, overrides: Sequence[str] = ()) -> Recipe:
     loaded = recipe if isinstance(recipe, Recipe) else Recipe.load(str(recipe))
     return loaded.with_overrides(list(overrides)) if overrides else loaded
-
-
-def sites_for(rewriter: Pass, spec: PassSpec, loaded: LoadedModel) -> list:
-    """The sites a pass spec selects in this model (the plan's sites when the spec carries a plan)."""
-    adapter = loaded.adapter
-    candidates = rewriter.candidate_sites(adapter)
-    if spec.plan:
-        by_name = {site.name: site for site in candidates}
-        missing = [name for name in spec.plan if name not in by_name]
-        if missing:
-            raise RecipeError(f"{spec.name}.plan names {missing[0]!r}, which is not a {spec.name} site of this "
-                              f"{adapter.family} model; the recipe was made for another architecture")
-        return [by_name[name] for name in spec.plan]
-    defaults = rewriter.default_sites(adapter, candidates)
-    return select_sites(spec.name, adapter.family, candidates, defaults, spec.params["targets"],
-                        spec.params["ignore"])
-
-
-def check_recipe_fits(loaded: LoadedModel, recipe: Recipe) -> None:
-    """Every pass finds its sites, no two passes replace the same thing at one site, and no pass follows one it
-    cannot (before anything slow)."""
-    check_pass_order(recipe)
-    claimed: dict[tuple[str, str], PassSpec] = {}
-    chosen: list[tuple[PassSpec, Pass, list]] = []
-    for spec in recipe.passes():
-        rewriter = PASSES[spec.name]()
-        sites = sites_for(rewriter, spec, loaded)
-        chosen.append((spec, rewriter, sites))
-        for site in sites:
-            if rewriter.replaces is None:
-                continue
-            earlier = claimed.setdefault((site.name, rewriter.replaces), spec)
-            if earlier is not spec:
-                raise RecipeError(f"passes conflict: {earlier.stage}.{earlier.name} and {spec.stage}.{spec.name} "
-                                  f"both replace the {rewriter.replaces.replace('_', ' ')} of {site.name}; "
-                                  "use targets/ignore so that each site is rewritten by one of them")
-    check_shared_sites(loaded.adapter, chosen)
-
-
-def check_calibration_given(recipe: Recipe, calib: Any) -> None:
-    """Refuse, before a model is loaded, a recipe with a pass still to plan that needs calibration data when
-    `calib` is None (a recipe whose plans are filled in, e.g. a saved one, needs none)."""
-    if calib is not None:
-        return
-    for spec in recipe.passes():
-        message = PASSES[spec.name]().calibration_needed(spec.params) if spec.plan is None else None
-        if message is not None:
-            raise RecipeError(message)
-
-
-def apply_recipe(loaded: LoadedModel, recipe: Recipe, seed: int, context: PassContext | None = None,
-                 progress: bool = True, after_each: Callable[[AppliedPass], None] | None = None,
-                 ) -> tuple[Recipe, list[AppliedPass]]:
-    """Run every pass of `recipe` on `loaded.model` in place; returns the recipe with every plan filled in.
-
-    Without a context (reload), each spec must carry its plan, and only the deterministic rewrite runs.
-    `after_each` sees the model right after each pass (to measure what that pass saved).
-    """
-    check_recipe_fits(loaded, recipe)
-    applied = []
-    for spec in recipe.passes():
-        rewriter = PASSES[spec.name]()
-        sites = sites_for(rewriter, spec, loaded)
-        plan = spec.plan
-        planned = plan is None
-        if planned:
-            log(f"{spec.name}: planning {len(sites)} sites", progress)
-            plan = rewriter.plan(loaded.adapter, sites, spec.params, context or PassContext(seed=seed))
-        rewriter.rewrite(loaded.adapter, sites, spec.params, plan, seed)
-        if planned:
-            rewriter.initialise(loaded.adapter, sites, spec.params, plan, context or PassContext(seed=seed))
-        applied.append(AppliedPass(spec, rewriter, sites, plan))
-        if after_each is not None:
-            after_each(applied[-1])
-    return recipe.with_plans([item.plan for item in applied]), applied
 
 
 def first_example(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -11,16 +11,17 @@ from typing import Any
 
 import torch
 
+from compressor.evaluate.runner import HEADLINE
+from compressor.version import __version__
+
 
 def environment() -> dict[str, Any]:
     """Versions and machine facts that make the figures reproducible."""
     import timm
     import transformers
 
-    import compressor
-
     return {
-        "compressor": compressor.__version__,
+        "compressor": __version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "timm": timm.__version__,
@@ -115,8 +116,6 @@ def format_table(report: dict[str, Any]) -> str:
 
 def describe_distillation(summary: dict[str, Any]) -> str:
     """One line on the distill step: how much training, and the evaluation metric before and after."""
-    from compressor.sweep import HEADLINE
-
     line = f"distill: {summary['steps']} steps of batch {summary['config']['batch_size']} on {summary['data']}"
     if summary.get("eval_data") and summary.get("before"):
         name = next((metric for metric in HEADLINE.values() if metric in summary["before"]), None)

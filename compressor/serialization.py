@@ -19,11 +19,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from compressor import __version__
 from compressor.atomic_dir import atomic_directory
 from compressor.errors import CompressorError, SourceError
+from compressor.loaders import hf_models, timm_models
+from compressor.loaders.config_file import read_config
+from compressor.loaders.hub_files import hub_snapshot
+from compressor.loaders.loaded_model import LoadedModel
+from compressor.model_card import render_model_card
 from compressor.models import adapter_for
-from compressor.sources import COMPRESSION_KEY, LoadedModel, load_source, read_config
+from compressor.output_guard import COMPRESSION_KEY
+from compressor.recipe import Recipe
+from compressor.recipe_runner import apply_recipe
+from compressor.version import __version__
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -33,13 +40,11 @@ REPORT = "report.json"
 
 def _library_module(library: str):
     if library == "transformers":
-        from compressor.models import hf_common as module
-    elif library == "timm":
-        from compressor.models import timm_common as module
-    else:
-        raise SourceError(f"unknown library {library!r} in compression_config; this directory was written by a "
-                          "newer toolkit or edited by hand")
-    return module
+        return hf_models
+    if library == "timm":
+        return timm_models
+    raise SourceError(f"unknown library {library!r} in compression_config; this directory was written by a "
+                      "newer toolkit or edited by hand")
 
 
 def _base_config(loaded: LoadedModel) -> dict[str, Any]:
@@ -53,8 +58,6 @@ def save(result, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
 
     The recipe written is what was done: a recipe's `distill` step is left out unless the report says it ran.
     """
-    from compressor.model_card import render_model_card
-
     if result.recipe.distill() is not None and "distillation" not in result.report:
         result = copy.copy(result)
         result.recipe = result.recipe.without_distill()
@@ -106,9 +109,6 @@ def _compression_meta(directory: Path, config: dict[str, Any]) -> dict[str, Any]
 
 def load_compressed(directory: str | os.PathLike, source: str | None = None) -> LoadedModel:
     """Rebuild a directory written by `save`: architecture, recipe rewrites, then the saved weights."""
-    from compressor.pipeline import apply_recipe
-    from compressor.recipe import Recipe
-
     directory = Path(directory)
     config = read_config(directory)
     meta = _compression_meta(directory, config)
@@ -154,25 +154,8 @@ def _load_weights(model: nn.Module, path: Path) -> None:
 
 
 def download_compressed(repo_id: str, *, revision: str | None = None, token: str | bool | None = None) -> LoadedModel:
-    """Fetch a compressed model from the Hub with snapshot_download, then rebuild it."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        directory = snapshot_download(repo_id, revision=revision, token=token)
-    except Exception as error:  # offline, 404, auth
-        raise SourceError(f"cannot download {repo_id!r} from the Hub ({type(error).__name__}); check the id, the "
-                          "network and `hf auth login`") from None
-    return load_compressed(directory, source=repo_id)
+    """Fetch a compressed model from the Hub (every file of the repository), then rebuild it."""
+    return load_compressed(hub_snapshot(repo_id, revision=revision, token=token), source=repo_id)
 
 
-def load(source: str | os.PathLike, *, revision: str | None = None, token: str | bool | None = None,
-         trust_remote_code: bool = False, progress: bool = True) -> nn.Module:
-    """Load any source — a compressed directory or Hub repo, or an original model — ready for inference;
-    `progress=False` silences the libraries' loading bars, as `compress(progress=False)` does."""
-    from compressor.library_progress import library_progress_bars
-
-    with library_progress_bars(progress):
-        return load_source(source, revision=revision, token=token, trust_remote_code=trust_remote_code).model
-
-
-__all__ = ["CompressorError", "download_compressed", "load", "load_compressed", "save"]
+__all__ = ["CompressorError", "download_compressed", "load_compressed", "save"]

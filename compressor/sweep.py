@@ -11,12 +11,13 @@ import itertools
 import sys
 from typing import Any, Sequence
 
+from compressor.data.calibration import load_calibration
 from compressor.data.loading import LabelledData
 from compressor.errors import CompressorError
-
-#: the metric a sweep plots, per task
-HEADLINE = {"image-classification": "top1", "object-detection": "AP"}
-
+from compressor.evaluate.cost import count_flops, count_parameters
+from compressor.evaluate.runner import HEADLINE, evaluate
+from compressor.pipeline import compress, first_example, resolve_recipe
+from compressor.sources import load_source
 
 def parse_grid(entries: Sequence[str]) -> list[list[str]]:
     """`["act.rounds=8,16", "act.bucket_width=2,4"]` → every combination as `--set` overrides, in grid order."""
@@ -34,15 +35,10 @@ def run_sweep(source: str, recipe: str, grid: list[list[str]], data: LabelledDat
               calib: str | None = None, calib_samples: int = 8, batch_size: int = 32, seed: int = 0,
               progress: bool = True) -> dict[str, Any]:
     """Rows for the original model and each grid setting: FLOPs, params, the task metrics and fidelity."""
-    from compressor.evaluate.cost import count_flops, count_parameters
-    from compressor.evaluate.runner import evaluate
-    from compressor.pipeline import compress, first_example, resolve_recipe
-    from compressor.sources import load_source
-
     for setting in grid:  # every setting must validate before anything slow happens
         resolve_recipe(recipe, [*overrides, *setting])
     original = load_source(source)
-    example = _measuring_example(original, calib, calib_samples, seed, first_example)
+    example = _measuring_example(original, calib, calib_samples, seed)
     baseline = evaluate(original, data, batch_size=batch_size, progress=progress)
     rows = [{"setting": "original", "flops": count_flops(original.model, example),
              "params": count_parameters(original.model), "metrics": baseline["metrics"], "fidelity": None}]
@@ -59,12 +55,10 @@ def run_sweep(source: str, recipe: str, grid: list[list[str]], data: LabelledDat
             "metric": HEADLINE[data.task], "input": original.adapter.describe_input(example), "rows": rows}
 
 
-def _measuring_example(loaded, calib, calib_samples, seed, first_example):
+def _measuring_example(loaded, calib, calib_samples, seed):
     """One real image when calibration data is given (ACT's cost depends on the image), else the synthetic one."""
     if calib is None:
         return loaded.adapter.example_inputs(batch_size=1, seed=seed)
-    from compressor.data.calibration import load_calibration
-
     return first_example(load_calibration(calib, loaded.adapter, limit=calib_samples, seed=seed, progress=False))
 
 

@@ -6,6 +6,8 @@ it exactly as to huggingface.co; it refuses writes, so it serves what a test pub
 
 `hub_endpoint`: points huggingface_hub (and so transformers) at such a server for one test, online, with an empty
 cache, the way `HF_ENDPOINT=http://127.0.0.1:PORT` would for a user.
+
+`empty_hub_cache`: no server, an empty cache: offline, Hub ids resolve only against what a test puts there.
 """
 
 from __future__ import annotations
@@ -86,6 +88,26 @@ def olah_hub(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, so Hub ids resolve only against what a test puts there."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def put_in_hub_cache(cache: Path, repo_id: str, directory: Path, revision: str = "main") -> None:
+    """Lay `directory` out as huggingface_hub's cache does after downloading `repo_id` at `revision`."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(directory, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / revision).write_text(commit)
 
 
 def point_hub_at(monkeypatch, endpoint: str, cache: Path) -> None:

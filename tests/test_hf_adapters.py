@@ -13,7 +13,7 @@ from torch import nn
 from compressor.errors import CompressorError
 from compressor.models import AttentionKernel, AttentionSite, adapter_for
 from compressor.models.hf_bert import HFBertAdapter
-from compressor.models.hf_common import load_hf_model
+from compressor.loaders.hf_models import load_hf_model
 from compressor.models.hf_detr import HFDetrAdapter
 from compressor.models.hf_resnet import HFResNetAdapter
 from compressor.models.hf_swin import HFSwinAdapter

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from compressor.errors import CompressorError, SourceError, UnsupportedModelError
+from compressor.loaders.hf_models import build_hf_model, hf_config_dict, load_hf_model
 from compressor.models import AttentionSite
-from compressor.models.hf_common import build_hf_model, hf_config_dict, load_hf_model
+from hub_servers import put_in_hub_cache
 
 CHECKPOINTS = ["hf_vit_dir", "hf_deit_dir", "hf_swin_dir", "hf_resnet_dir", "hf_detr_dir", "hf_bert_dir"]
 PROCESSOR_CLASS = {"hf_vit_dir": "ViTImageProcessor", "hf_deit_dir": "DeiTImageProcessor",
                    "hf_swin_dir": "ViTImageProcessor", "hf_resnet_dir": "ViTImageProcessor",
                    "hf_detr_dir": "DetrImageProcessor", "hf_bert_dir": "BertTokenizer"}
-FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def shapes(model) -> dict[str, tuple[int, ...]]:
@@ -30,25 +30,6 @@ def assert_one_line_error(error_type, source, *expected_fragments):
     for fragment in expected_fragments:
         assert fragment in message
     return message
-
-
-@pytest.fixture
-def empty_hub_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face cache, so Hub ids resolve only against what a test puts there."""
-    import huggingface_hub.constants
-
-    cache = tmp_path / "hub-cache"
-    cache.mkdir()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
-def put_in_hub_cache(cache, repo_id: str, directory) -> None:
-    """Lay `directory` out as huggingface_hub's cache does after downloading `repo_id` at main."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    shutil.copytree(directory, repo / "snapshots" / FAKE_COMMIT)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(FAKE_COMMIT)
 
 
 # --- loading ------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 import compressor
 from compressor.errors import SourceError
-from compressor.hub_reachability import hub_reachable
+from compressor.loaders.hub_reachability import hub_reachable
 from compressor.sources import load_source
 from hub_servers import free_port, point_hub_at
 

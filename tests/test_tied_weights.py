@@ -17,7 +17,7 @@ from compressor.evaluate.cost import count_parameters
 from compressor.models import adapter_for
 from compressor.ops.tied_layers import TiedConv2d, TiedLinear, TiedQKV, adjoint
 from compressor.passes import PassContext
-from compressor.pipeline import apply_recipe
+from compressor.recipe_runner import apply_recipe
 from compressor.recipe import Recipe
 from compressor.sources import LoadedModel, load_source
 

@@ -10,9 +10,9 @@ from torch import nn
 
 from checkpoints_timm import TINY_TIMM_MODELS, create_tiny_timm_model, write_timm_checkpoint
 from compressor.errors import CompressorError, SourceError, UnsupportedModelError
+from compressor.loaders.timm_models import build_timm_model, load_processor, load_timm_model, timm_config_dict
 from compressor.models import AttentionKernel, AttentionSite, adapter_for
 from compressor.models.patches.timm import KERNEL_ATTENTION
-from compressor.models.timm_common import build_timm_model, load_processor, load_timm_model, timm_config_dict
 from compressor.models.timm_resnet import TimmResNetAdapter
 from compressor.models.timm_swin import TimmSwinAdapter
 from compressor.models.timm_vit import TimmViTAdapter

@@ -235,7 +235,7 @@ def test_timm_average_pooling_gets_every_token_back():
     import timm
 
     from compressor.models import adapter_for
-    from compressor.pipeline import apply_recipe
+    from compressor.recipe_runner import apply_recipe
     from compressor.sources import LoadedModel
     from probes import input_of
 

@@ -13,7 +13,7 @@ def describe_sites(loaded, recipe) -> dict[str, dict]:
     """For each pass (the recipe's, or every registered pass): the sites it would rewrite and its candidates."""
     from compressor.errors import RecipeError
     from compressor.passes import PASSES
-    from compressor.pipeline import sites_for
+    from compressor.recipe_runner import sites_for
 
     if recipe is not None:
         specs = [(spec.name, spec) for spec in recipe.passes()]

@@ -86,7 +86,7 @@ def run_distill_step(result, out: Path, *, progress: bool = True, overwrite: boo
     from compressor.atomic_dir import atomic_directory
     from compressor.data.loading import load_labelled
     from compressor.distill.trainer import CHECKPOINTS, Distiller
-    from compressor.pipeline import log
+    from compressor.recipe_runner import log
 
     params = result.recipe.distill().params
     work = training_directory(out)

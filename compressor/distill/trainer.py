@@ -32,7 +32,7 @@ from compressor.distill.losses import box_l2, embedding_distance, feature_mse, l
 from compressor.distill.settings import DistillConfig
 from compressor.errors import CompressorError
 from compressor.models.base import AttentionKernel
-from compressor.sources import LoadedModel
+from compressor.loaders.loaded_model import LoadedModel
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
@@ -140,7 +140,7 @@ def _scores(result: dict) -> dict[str, float]:
 
 def _headline(result: dict) -> float | None:
     """What picks the best checkpoint: the task's metric (top-1, AP), else the embedding cosine to the teacher."""
-    from compressor.sweep import HEADLINE
+    from compressor.evaluate.runner import HEADLINE
 
     if result["metrics"]:
         return result["metrics"].get(HEADLINE[result["task"]])

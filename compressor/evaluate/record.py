@@ -13,6 +13,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from compressor.atomic_dir import write_text_atomically
+from compressor.loaders.config_file import read_config
+from compressor.model_card import front_matter, render_model_card
+from compressor.recipe import Recipe
+from compressor.serialization import RECIPE, REPORT
 
 
 def _key(entry: dict[str, Any]) -> tuple:
@@ -21,11 +25,6 @@ def _key(entry: dict[str, Any]) -> tuple:
 
 def record_evaluation(directory: str | os.PathLike, result: dict[str, Any]) -> Path:
     """Add `result` (from `evaluate`) to `directory`'s report.json and re-render its README.md; returns the card."""
-    from compressor.model_card import front_matter, render_model_card
-    from compressor.recipe import Recipe
-    from compressor.serialization import RECIPE, REPORT
-    from compressor.sources import read_config
-
     directory = Path(directory)
     report = json.loads((directory / REPORT).read_text())
     entry = {key: result[key] for key in ("data", "examples", "task", "metrics", "reference", "fidelity")}

@@ -17,7 +17,10 @@ from compressor.errors import CompressorError
 from compressor.evaluate.classification import TopKAccuracy, class_columns, model_label_names
 from compressor.evaluate.coco import category_ids, coco_box_ap, to_coco_results
 from compressor.evaluate.fidelity import FidelityMeter
-from compressor.sources import LoadedModel
+from compressor.loaders.loaded_model import LoadedModel
+
+#: the metric a task is judged by: what a sweep plots, and what the distill step keeps its best checkpoint for
+HEADLINE = {CLASSIFICATION: "top1", DETECTION: "AP"}
 
 
 class _ClassificationScorer:

@@ -3,7 +3,8 @@
 A pass never looks inside a model directly: it asks the model's adapter where the attention, feed-forward and
 block modules are, what the token layout is, what an example input looks like, and how to route an attention
 module's softmax(QKᵀ)V through a replacement kernel. Supporting a new family means writing one adapter file; an
-adapter knows nothing of the passes.
+adapter knows nothing of the passes. The contracts the kernels implement (`AttentionKernel`, `TokenReducer`) live
+with the kernels in `compressor.ops`, which never imports the adapters.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+
+from compressor.ops.attention_kernel import AttentionKernel
 
 if TYPE_CHECKING:
     from compressor.models.patches import ForwardPatch
@@ -90,55 +93,6 @@ class TokenLayout:
     text: bool = False
 
 
-class AttentionKernel(nn.Module):
-    """The contract for a replacement of softmax(q kᵀ · scale + mask) v.
-
-    `forward(query, key, value, attention_mask, scale)` takes (batch, heads, tokens, head_dim) tensors and returns
-    (batch, heads, query_tokens, head_dim). `attention_mask` is None, a bool tensor broadcastable to
-    (batch, heads, query_tokens, key_tokens) with True where attention is allowed, or an additive float tensor of
-    that shape. After each forward, `uncounted_flops` holds the floating-point work the kernel did that torch's
-    FLOP counter cannot see (sorting, scatter and gather), so cost reports stay honest.
-    """
-
-    uncounted_flops: int = 0
-
-    def forward(self, query, key, value, attention_mask, scale):  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class TokenReducer(ABC):
-    """The contract between a token-reduction pass and the blocks an adapter rewrites for it.
-
-    Blocks are numbered 0..n-1 in the order `ModelAdapter.token_reduction_blocks` lists them. The first block calls
-    `start` (with the padding mask (batch, tokens) bool, True for real tokens, and any per-token position
-    embeddings), every block computes its attention with `attention_bias()` added (None: no bias), reports the
-    importance `importance_for(block)` asks for, and calls `reduce` between its attention and its MLP (ToMe, EViT),
-    or at its end where tokens must leave complete layers (DETR's sparse encoder updates); the last block returns
-    `finish(hidden)`.
-    """
-
-    @abstractmethod
-    def start(self, hidden: torch.Tensor, padding: torch.Tensor | None = None,
-              position: torch.Tensor | None = None) -> None: ...
-
-    @abstractmethod
-    def attention_bias(self) -> torch.Tensor | None: ...
-
-    @abstractmethod
-    def position(self) -> torch.Tensor | None: ...
-
-    @abstractmethod
-    def size(self) -> torch.Tensor | None: ...
-
-    @abstractmethod
-    def importance_for(self, block: int) -> str | None: ...
-
-    @abstractmethod
-    def reduce(self, block: int, hidden: torch.Tensor, metric: torch.Tensor | None = None,
-               importance: torch.Tensor | None = None) -> torch.Tensor: ...
-
-    @abstractmethod
-    def finish(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
 
 class ModelAdapter(ABC):

@@ -126,7 +126,7 @@ def check_loading_report(info: dict, source: str, model_class: str) -> None:
     head_missing = any(key.split(".")[0] in ("classifier", "class_labels_classifier", "bbox_predictor", "head",
                                              "lm_head", "fc")
                        for key in info.get("missing_keys") or ())
-    hint = (f"; if the checkpoint has no task head, set `architectures` in config.json to the bare model class to "
-            f"load it headless" if head_missing else
+    hint = ("; if the checkpoint has no task head, set `architectures` in config.json to the bare model class to "
+            "load it headless" if head_missing else
             "; the weights and config.json come from different models: restore the files saved together")
     raise SourceError(f"the weights of {source} do not match {model_class} ({'; '.join(problems)}){hint}")

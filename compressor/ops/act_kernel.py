@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from compressor.models.base import AttentionKernel
+from compressor.ops.attention_kernel import AttentionKernel
 from compressor.ops.clustered_attention import TokenTable, prototype_attention
 from compressor.ops.lsh import Clusters, combine_codes, e2lsh_codes, group_by_key
 from compressor.ops.native_act import group_tokens_natively

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from compressor.models.base import TokenReducer
+from compressor.ops.token_reducer import TokenReducer
 from compressor.ops.tokens import attend, gather_tokens, merge_heads, size_bias
 
 #: added to the best match of a padding token (size 0) so padding is merged away before any real token
