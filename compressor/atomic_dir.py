@@ -104,7 +104,7 @@ def remove_stale_staging(out: Path) -> list[Path]:
     return removed
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -187,7 +187,7 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool = False, *,
     remove_stale_staging(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would otherwise become the output's mode
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would otherwise become the output's mode
         yield staging
         _fsync_tree(staging)
         if out.exists():

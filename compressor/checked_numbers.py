@@ -7,6 +7,7 @@ failing; a NaN in a config.json (Python's json reads `NaN` and `Infinity`) would
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -38,5 +39,12 @@ def refuse_non_finite_constant(where: str):
     return refuse
 
 
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def finite_json(text: str, where: str) -> Any:
+    """json.loads, refusing NaN, Infinity and numbers too large for a float (`1e999`) with one line."""
+    refuse = refuse_non_finite_constant(where)
+
+    def finite_float(literal: str) -> float:
+        value = float(literal)
+        return value if math.isfinite(value) else refuse(literal)
+
+    return json.loads(text, parse_constant=refuse, parse_float=finite_float)

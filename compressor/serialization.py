@@ -10,16 +10,17 @@ the result computes exactly what the model computed in memory after compression.
 from __future__ import annotations
 
 import copy
-import json
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from compressor.atomic_dir import atomic_directory
+from compressor import strict_json
+from compressor.atomic_dir import atomic_directory, current_umask
 from compressor.errors import CompressorError, SourceError
 from compressor.loaders import hf_models, timm_models
 from compressor.loaders.config_file import read_config
@@ -34,6 +35,8 @@ from compressor.version import __version__
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+#: the safetensors metadata entry holding the sha256 of the resolved recipe the weights were written with
+RECIPE_DIGEST = "compressor_recipe_sha256"
 RECIPE = "recipe.yaml"
 REPORT = "report.json"
 
@@ -75,10 +78,12 @@ def save(result, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
     }
     sources = (loaded.directory, loaded.source, loaded.base_model)
     with atomic_directory(out, overwrite=overwrite, sources=sources) as staging:
-        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-        save_model(loaded.model, str(staging / WEIGHTS), metadata={"format": "pt"})
-        (staging / RECIPE).write_text(result.recipe.to_yaml())
-        (staging / REPORT).write_text(json.dumps(result.report, indent=2) + "\n")
+        (staging / "config.json").write_text(strict_json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+        recipe_text = result.recipe.to_yaml()
+        save_model(loaded.model, str(staging / WEIGHTS), metadata={"format": "pt", RECIPE_DIGEST: digest(recipe_text)})
+        os.chmod(staging / WEIGHTS, 0o666 & ~current_umask())  # safetensors creates it 0600; the rest is 0644
+        (staging / RECIPE).write_text(recipe_text)
+        (staging / REPORT).write_text(strict_json.dumps(result.report, indent=2) + "\n")
         processor = loaded.adapter.processor
         if processor is not None and hasattr(processor, "save_pretrained"):
             processor.save_pretrained(str(staging))
@@ -134,8 +139,27 @@ def load_compressed(directory: str | os.PathLike, source: str | None = None) -> 
                           "by compress")
     apply_recipe(loaded, recipe, seed=meta["seed"], progress=False)
     _load_weights(model, directory / WEIGHTS)
+    _check_recipe_digest(directory, recipe)  # last: an edit that breaks the structure has its own message above
     model.eval()
     return loaded
+
+
+def digest(recipe_text: str) -> str:
+    return hashlib.sha256(recipe_text.encode()).hexdigest()
+
+
+def _check_recipe_digest(directory: Path, recipe: Recipe) -> None:
+    """The recipe.yaml must be the one the weights were written with: its resolved form's digest is in the
+    safetensors metadata (outputs older than the digest carry none and are taken as they are)."""
+    try:
+        with safe_open(str(directory / WEIGHTS), "pt") as weights:
+            recorded = (weights.metadata() or {}).get(RECIPE_DIGEST)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise SourceError(f"{directory / WEIGHTS} is corrupt or truncated ({str(error).splitlines()[0]}); "
+                          "re-download or re-run compress") from None
+    if recorded is not None and recorded != digest(recipe.to_yaml()):
+        raise SourceError(f"{directory / RECIPE} does not match the weights: it was changed after the model was "
+                          "written; restore the recipe.yaml written with them, or re-run compress")
 
 
 def _load_weights(model: nn.Module, path: Path) -> None:

@@ -70,11 +70,12 @@ def _garbage(path: Path) -> None:
     path.write_bytes(b"\x00\x01not a safetensors file" * 10)
 
 
-def _with_config(workdir, source, change, name="model"):
-    """A copy of `source` whose config.json is `change(config)` (a dict, or any JSON value)."""
+def _with_config(workdir, source, change, name="model", raw=lambda text: text):
+    """A copy of `source` whose config.json is `change(config)` (a dict, or any JSON value), its text then passed
+    through `raw` (for what json.dumps cannot write)."""
     directory = copy_compressed(source, workdir / name)
     config = json.loads((directory / "config.json").read_text())
-    (directory / "config.json").write_text(json.dumps(change(config)))
+    (directory / "config.json").write_text(raw(json.dumps(change(config))))
     return directory
 
 
@@ -221,6 +222,13 @@ CASES = {
                               "not an object of settings"),
     "config with an impossible value": (lambda w, f: _compress(_with_config(
         w, f["vit"], lambda c: {**c, "num_attention_heads": 0}), "--recipe", "act"), "the file is damaged"),
+    "config with a NaN epsilon": (lambda w, f: _compress(_with_config(
+        w, f["vit"], lambda c: {**c, "layer_norm_eps": float("nan")}), "--recipe", "act"), "not a finite number"),
+    "config with a number too large for a float": (lambda w, f: _compress(_with_config(
+        w, f["vit"], lambda c: {**c, "layer_norm_eps": 12345.5}, raw=lambda text: text.replace("12345.5", "1e999")),
+        "--recipe", "act"), "1e999, which is not a finite number"),
+    "compressed model whose config holds Infinity": (lambda w, f: ["inspect", str(_with_config(
+        w, f["compressed"], lambda c: {**c, "initializer_range": float("inf")}))], "Infinity"),
     "config value of the wrong type": (lambda w, f: _compress(_with_config(
         w, f["vit"], lambda c: {**c, "hidden_size": "big"}), "--recipe", "act"), "expected int"),
     # weights must describe the model exactly (nothing completed with random values, nothing ignored)
@@ -259,6 +267,12 @@ CASES = {
         w, f, lambda d: truncate(d / "model.safetensors")))], "corrupt or truncated"),
     "recipe does not match the weights": (lambda w, f: ["inspect", str(_compressed_with(
         w, f, lambda d: _edit_recipe(d, lambda act: act.update(rounds=6))))], "does not match"),
+    "recipe edited to cluster keys instead of queries": (lambda w, f: ["inspect", str(_compressed_with(
+        w, f, lambda d: _edit_recipe(d, lambda act: act.update(cluster="keys"))))], "changed after the model was"),
+    "recipe edited to another bucket width in its plan": (lambda w, f: ["inspect", str(_compressed_with(
+        w, f, lambda d: _edit_recipe(d, lambda act: [site.update(bucket_width=1.5) for site in act["plan"].values()
+                                                     if site.get("bucket_width")])))],
+        "changed after the model was"),
     "recipe without the plan": (lambda w, f: ["inspect", str(_compressed_with(
         w, f, lambda d: _edit_recipe(d, lambda act: act.pop("plan"))))], "lacks the per-site plan"),
     "plan without a site the weights have": (lambda w, f: ["inspect", str(_compressed_with(

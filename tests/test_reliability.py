@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -420,3 +421,27 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(hf_vit_dir, tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "file too large" in done.stderr and "nothing was written" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# --- small things: strict JSON, file modes ---------------------------------------------------------------------------
+
+def test_reports_are_strict_json_with_null_for_a_measurement_that_is_not_finite():
+    from compressor import strict_json
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    text = strict_json.dumps({"cosine": float("nan"), "ratios": [1.5, float("inf"), -float("inf")], "n": 3})
+    assert json.loads(text, parse_constant=refuse) == {"cosine": None, "ratios": [1.5, None, None], "n": 3}
+
+
+def test_a_saved_report_is_strict_json(compressed_vit_dir):
+    def refuse(constant):
+        raise ValueError(constant)
+
+    json.loads((compressed_vit_dir / "report.json").read_text(), parse_constant=refuse)
+
+
+def test_the_weights_file_gets_the_same_permissions_as_the_other_files(compressed_vit_dir):
+    modes = {path.name: path.stat().st_mode & 0o777 for path in compressed_vit_dir.iterdir() if path.is_file()}
+    assert modes["model.safetensors"] == modes["report.json"] == modes["config.json"], modes

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
+from compressor import strict_json
 from compressor.atomic_dir import check_output_path
 from compressor.checked_numbers import check_seed
 from compressor.commands.base import (Command, add_recipe_arguments, add_source_arguments, check_positive,
@@ -88,7 +88,7 @@ class CompressCommand(Command):
         else:
             save(result, out, overwrite=args.overwrite)
         if args.json:
-            print(json.dumps(result.report, indent=2))
+            print(strict_json.dumps(result.report, indent=2))
         else:
             print(format_table(result.report))
             print(f"\nwrote {out}/ (config.json, model.safetensors, recipe.yaml, report.json, README.md)")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import fields
 
+from compressor import strict_json
 from compressor.commands.base import Command, add_data_arguments, check_positive, load_data
 from compressor.commands.push import add_push_to_arguments, check_push_to, push_if_asked
 from compressor.errors import CompressorError
@@ -63,5 +63,5 @@ class DistillCommand(Command):
         summary = Distiller(student, teacher, data, out, config, eval_data, progress=not args.quiet).run(args.resume)
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun / accelerate launch, one process publishes
             push_if_asked(args, out / "best", stdout_is_data=True)
-        print(json.dumps(summary, indent=2))
+        print(strict_json.dumps(summary, indent=2))
         return 0

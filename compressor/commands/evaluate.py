@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from compressor import strict_json
 from compressor.commands.base import (Command, add_data_arguments, add_source_arguments, check_file_output,
                                       check_positive, load_data)
 
@@ -38,7 +38,7 @@ class EvaluateCommand(Command):
         result = evaluate(loaded, data, reference=reference, batch_size=args.batch_size, progress=not args.quiet)
         print(format_evaluation(result))
         if args.json:
-            write_text_atomically(args.json, json.dumps(result, indent=2) + "\n")
+            write_text_atomically(args.json, strict_json.dumps(result, indent=2) + "\n")
         if loaded.compression is not None and loaded.directory is not None and not args.no_card:
             from compressor.evaluate.record import record_evaluation
 

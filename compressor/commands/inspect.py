@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 
+from compressor import strict_json
 from compressor.commands.base import Command, add_recipe_arguments, add_source_arguments, parse_input_size
 
 
@@ -71,7 +71,7 @@ class InspectCommand(Command):
             "passes": describe_sites(loaded, recipe),
         }
         if args.json:
-            print(json.dumps(info, indent=2))
+            print(strict_json.dumps(info, indent=2))
             return 0
         print(f"{info['source']}: {adapter.display_name}, {info['architecture']} ({info['task']})")
         print(f"params {info['params'] / 1e6:.3f} M, FLOPs {info['flops'] / 1e9:.3f} G on {info['input']}")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
+from compressor import strict_json
 from compressor.atomic_dir import atomic_directory, check_output_path
 from compressor.checked_numbers import check_seed
 from compressor.commands.base import (Command, add_data_arguments, add_recipe_arguments, add_source_arguments,
@@ -50,7 +50,7 @@ class SweepCommand(Command):
                           batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
         table = format_sweep(sweep)
         with atomic_directory(out, overwrite=args.overwrite, sources=[args.source]) as staging:
-            (staging / "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
+            (staging / "sweep.json").write_text(strict_json.dumps(sweep, indent=2) + "\n")
             (staging / "sweep.md").write_text(table + "\n")
             plot_sweep(sweep, staging / "sweep.png")
         print(table)

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from compressor import strict_json
 from compressor.data.loading import CLASSIFICATION, DETECTION, UNLABELLED, LabelledData
 from compressor.distill.data import Collate, Examples
 from compressor.distill.losses import box_l2, embedding_distance, feature_mse, logits_kl
@@ -168,13 +169,13 @@ class Distiller:
     def _log(self, accelerator, record: dict) -> None:
         if accelerator.is_main_process:
             with open(self.out / "log.jsonl", "a") as log:
-                log.write(json.dumps(record) + "\n")
+                log.write(strict_json.dumps(record) + "\n")
 
     def _checkpoint(self, accelerator, state: dict) -> None:
         folder = self.out / CHECKPOINTS / f"step-{state['step']}"
         accelerator.save_state(str(folder))
         if accelerator.is_main_process:
-            (folder / TRAINER_STATE).write_text(json.dumps(state) + "\n")
+            (folder / TRAINER_STATE).write_text(strict_json.dumps(state) + "\n")
             older = sorted((p for p in (self.out / CHECKPOINTS).glob("step-*") if p != folder),
                            key=lambda p: int(p.name.split("-")[1]))
             for stale in older[:max(0, len(older) - KEEP_CHECKPOINTS + 1)]:
@@ -298,7 +299,7 @@ class Distiller:
             self._maybe_save_best(accelerator, model, state)
         summary = self._summary(state, total, time.perf_counter() - started)
         if accelerator.is_main_process:
-            (self.out / "distill.json").write_text(json.dumps(summary, indent=2) + "\n")
+            (self.out / "distill.json").write_text(strict_json.dumps(summary, indent=2) + "\n")
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return summary

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from compressor import strict_json
 from compressor.atomic_dir import write_text_atomically
 from compressor.loaders.config_file import read_config
 from compressor.model_card import front_matter, render_model_card
@@ -35,6 +36,6 @@ def record_evaluation(directory: str | os.PathLike, result: dict[str, Any]) -> P
     if previous.get("license") and "license" not in config:  # keep the licence the first card found
         config = {**config, "license": previous["license"]}
     card = render_model_card(SimpleNamespace(report=report, recipe=Recipe.load(str(directory / RECIPE))), config)
-    write_text_atomically(directory / REPORT, json.dumps(report, indent=2) + "\n")
+    write_text_atomically(directory / REPORT, strict_json.dumps(report, indent=2) + "\n")
     write_text_atomically(directory / "README.md", card)
     return directory / "README.md"

@@ -2,15 +2,15 @@
 
 Every loader (transformers, timm, compressed outputs, the publisher) reads config.json through `read_config`, so a
 missing file, a file that is not JSON and a JSON value that is not an object of settings fail with the same line
-wherever they are met.
+wherever they are met; NaN and infinite numbers (which Python's json accepts) are refused too.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from compressor.checked_numbers import finite_json
 from compressor.errors import SourceError
 
 CONFIG = "config.json"
@@ -25,7 +25,7 @@ def read_config(directory: Path, *, expected: str = MODEL_DIRECTORY) -> dict[str
     if not path.is_file():
         raise SourceError(f"{directory} has no {CONFIG}: expected {expected}")
     try:
-        config = json.loads(path.read_text())
+        config = finite_json(path.read_text(), str(path))
     except OSError as error:
         raise SourceError(f"{path} cannot be read ({error.strerror or type(error).__name__}); check its "
                           "permissions") from None
