@@ -12,7 +12,7 @@ from typing import Any
 
 from compressor.models.base import AttentionSite, ModelAdapter
 from compressor.ops.act_kernel import ACTKernel
-from compressor.passes.base import Param, Pass, PassContext
+from compressor.passes.base import Param, Pass, PassContext, scratch_adapter
 
 
 class ACTPass(Pass):
@@ -47,7 +47,8 @@ class ACTPass(Pass):
         """Encoders only: the DETR encoder (the paper's setting), every ViT/DeiT/BERT layer; not decoders."""
         return [site for site in candidates if site.stack != "decoder"]
 
-    def calibration_needed(self, params: dict[str, Any]) -> str | None:
+    @classmethod
+    def calibration_needed(cls, params: dict[str, Any]) -> str | None:
         if params["fidelity_target"] is None:
             return None
         return ("act.fidelity_target needs calibration data: pass --calib DATA, or set act.fidelity_target=null "
@@ -60,10 +61,10 @@ class ACTPass(Pass):
         self.require_calibration(params, context)
         from compressor.passes.act_calibration import calibrate_bucket_widths
 
-        self.rewrite(adapter, sites, params, {s.name: {"bucket_width": params["bucket_width"]} for s in sites},
+        scratch = scratch_adapter(adapter)  # kernels are tried on a copy: the model stays exact while planning
+        self.rewrite(scratch, sites, params, {s.name: {"bucket_width": params["bucket_width"]} for s in sites},
                      context.seed)
-        widths = calibrate_bucket_widths(adapter, [self.kernel(adapter, s) for s in sites], params, context)
-        self.remove(adapter, sites)
+        widths = calibrate_bucket_widths(scratch, [self.kernel(scratch, s) for s in sites], params, context)
         return {site.name: {"bucket_width": width} for site, width in zip(sites, widths)}
 
     def rewrite(self, adapter: ModelAdapter, sites: list[AttentionSite], params: dict[str, Any],
@@ -79,11 +80,6 @@ class ACTPass(Pass):
     @staticmethod
     def kernel(adapter: ModelAdapter, site: AttentionSite) -> ACTKernel | None:
         return getattr(adapter.module(site.name), "attention_kernel", None)
-
-    def remove(self, adapter: ModelAdapter, sites: list[AttentionSite]) -> None:
-        """Undo `rewrite` (used between calibration and the final rewrite)."""
-        for site in sites:
-            adapter.remove_attention_kernel(site)
 
     def reset_statistics(self, adapter: ModelAdapter, sites: list[AttentionSite]) -> None:
         for site in sites:

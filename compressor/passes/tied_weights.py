@@ -86,7 +86,8 @@ class TiedWeightsPass(Pass):
                 (not isinstance(site, BlockSite) or wanted is None or stacks.index(site.stack) + 1 in wanted)]
 
     # --- plan ----------------------------------------------------------------------------------------------------
-    def calibration_needed(self, params: dict[str, Any]) -> str | None:
+    @classmethod
+    def calibration_needed(cls, params: dict[str, Any]) -> str | None:
         if params["init"] != "data_aware":
             return None
         return ("tied_weights.init: data_aware needs calibration data: pass --calib DATA, or set "
