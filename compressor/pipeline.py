@@ -86,14 +86,16 @@ def sites_for(rewriter: Pass, spec: PassSpec, loaded: LoadedModel) -> list:
 
 
 def fit_recipe(loaded: LoadedModel, recipe: Recipe) -> list[PassStep]:
-    """The recipe's steps on this model, checked once before anything slow: every pass finds its sites, no two
-    passes replace the same thing at one site, and no pass follows one it cannot."""
+    """The recipe's steps on this model, checked once before anything slow: every pass finds its sites and can
+    apply its settings there, no two passes replace the same thing at one site, and no pass follows one it
+    cannot."""
     check_pass_order(recipe)
     claimed: dict[tuple[str, str], PassSpec] = {}
     steps = []
     for spec in recipe.passes():
         rewriter = spec.pass_class()
         step = PassStep(spec, rewriter, sites_for(rewriter, spec, loaded), spec.plan)
+        rewriter.check_settings(loaded.adapter, step.sites, spec.params)
         steps.append(step)
         for site in step.sites:
             if rewriter.replaces is None:

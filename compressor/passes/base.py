@@ -137,6 +137,10 @@ class Pass(ABC):
     def default_sites(self, adapter: ModelAdapter, candidates: list) -> list:
         """The sites `targets: [auto]` means for this family."""
 
+    def check_settings(self, adapter: ModelAdapter, sites: list, params: dict[str, Any]) -> None:
+        """Raise RecipeError (one line: the setting, why it cannot apply here, the fix) for a setting that cannot
+        apply to these sites, rather than ignore it. Run once per recipe, before anything slow."""
+
     # --- calibration data ---------------------------------------------------------------------------------------
     @classmethod
     def calibration_needed(cls, params: dict[str, Any]) -> str | None:
