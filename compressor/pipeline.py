@@ -219,7 +219,8 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
     reference = primary_outputs(model, adapter, [example])
     calibration_reference = primary_outputs(model, adapter, calibration) if calibration else None
 
-    context = PassContext(seed=seed, calibration=calibration, progress=progress, calibration_source=calib)
+    context = PassContext(seed=seed, calibration=calibration, progress=progress, calibration_source=calib,
+                          example=example)
     costs = [(params_before, flops_before)]  # after each pass, on the same example: savings per pass add up
     resolved, applied = apply_recipe(loaded, recipe, seed, context, progress, after_each=lambda _: costs.append(
         (count_parameters(model), count_flops(model, example))), steps=steps)

@@ -85,12 +85,14 @@ def scratch_adapter(adapter: ModelAdapter) -> ModelAdapter:
 
 @dataclass
 class PassContext:
-    """What a pass may use while planning: calibration inputs, the seed, and whether to show progress."""
+    """What a pass may use while planning: calibration inputs, the example input the report measures on, the seed,
+    and whether to show progress."""
 
     seed: int = 0
     calibration: list[dict[str, torch.Tensor]] | None = None
     progress: bool = True
     calibration_source: str | None = None
+    example: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
