@@ -23,8 +23,8 @@ from compressor.library_progress import library_progress_bars
 from compressor.loaders.loaded_model import LoadedModel
 from compressor.passes import PassContext
 from compressor.recipe import Recipe
+from compressor.recipe_runner import PassStep, apply_recipe, check_calibration_given, fit_recipe, log
 from compressor.report import attribute_costs, environment
-from compressor.recipe_runner import AppliedPass, apply_recipe, check_calibration_given, check_recipe_fits, log
 from compressor.sources import load_source
 
 
@@ -36,7 +36,7 @@ class CompressionResult:
     recipe: Recipe
     report: dict[str, Any]
     seed: int
-    applied: list[AppliedPass] = field(default_factory=list)
+    applied: list[PassStep] = field(default_factory=list)
     #: the model as loaded, before the passes: kept only when the recipe ends with a distill step, whose teacher
     #: it is (so the source is not loaded twice)
     original: nn.Module | None = None
@@ -57,7 +57,7 @@ def first_example(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
             for key, value in batches[0].items()}
 
 
-def _pass_statistics(applied: list[AppliedPass], loaded: LoadedModel, batches: list[dict]) -> list[dict]:
+def _pass_statistics(applied: list[PassStep], loaded: LoadedModel, batches: list[dict]) -> list[dict]:
     with torch.no_grad():
         for item in applied:
             item.rewriter.reset_statistics(loaded.adapter, item.sites)
@@ -96,7 +96,7 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
         loaded = load_source(source, revision=revision, token=token, trust_remote_code=trust_remote_code)
     adapter, model = loaded.adapter, loaded.model
     torch.manual_seed(seed)
-    check_recipe_fits(loaded, recipe)  # before anything slow happens
+    steps = fit_recipe(loaded, recipe)  # once, before anything slow happens
     if evaluation_data is not None:
         check_eval_data(loaded, evaluation_data)
 
@@ -115,10 +115,11 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
     reference = primary_outputs(model, adapter, [example])
     calibration_reference = primary_outputs(model, adapter, calibration) if calibration else None
 
-    context = PassContext(seed=seed, calibration=calibration, progress=progress, calibration_source=calib)
+    context = PassContext(seed=seed, calibration=calibration, progress=progress, calibration_source=calib,
+                          example=example)
     costs = [(params_before, flops_before)]  # after each pass, on the same example: savings per pass add up
     resolved, applied = apply_recipe(loaded, recipe, seed, context, progress, after_each=lambda _: costs.append(
-        (count_parameters(model), count_flops(model, example))))
+        (count_parameters(model), count_flops(model, example))), steps=steps)
 
     log("measuring the compressed model", progress)
     params_after, flops_after = costs[-1]

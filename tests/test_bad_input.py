@@ -369,6 +369,10 @@ CASES = {
                                                                        "p.txt"))[1], "holds text but"),
     "zero evaluation examples": (lambda w, f: _compress(f["vit"], "--recipe", "act", "--eval-data",
                                                         "test.parquet", "--eval-limit", "0"), "at least 1"),
+    "a setting that cannot apply to the sites": (lambda w, f: _compress(
+        f["vit"], "--recipe", "vit-pe", "--no-distill", "--set", "tied_weights.share=stage", "--set",
+        "tied_weights.share_middle=true"),
+        "no middle conv to share (only bottleneck blocks do); set tied_weights.share_middle=false"),
 }
 
 

@@ -29,8 +29,9 @@ def _outputs(loaded, model, batch_size=2, seed=5):
 @pytest.mark.parametrize("fixture", ACT_FAMILIES)
 def test_compressed_model_reloads_with_identical_outputs(fixture, request, tmp_path):
     source = request.getfixturevalue(fixture)
+    # the DETR fixture's own example has 6 encoder tokens, where ACT never pays (and is left exact): measure at 128²
     result = compressor.compress(source, "act", overrides=["act.rounds=8", "act.bucket_width=2"], progress=False,
-                                 latency_runs=1)
+                                 latency_runs=1, input_size=(128, 128) if fixture == "hf_detr_dir" else None)
     out = compressor.save(result, tmp_path / "out")
     assert OUTPUT_FILES <= {p.name for p in out.iterdir()}
     reloaded = load_source(out)
@@ -91,11 +92,12 @@ def test_flops_fall_when_tokens_share_clusters(hf_bert_dir):
 
 
 def test_resolved_recipe_spells_out_defaults_and_the_per_site_plan(hf_vit_dir, tmp_path):
-    result = compressor.compress(hf_vit_dir, "act", overrides=["act.rounds=16"], progress=False, latency_runs=1)
+    # 8 rounds: at 17 tokens of width 8, 16 rounds of hashing cost more than the attention they save (left exact)
+    result = compressor.compress(hf_vit_dir, "act", overrides=["act.rounds=8"], progress=False, latency_runs=1)
     resolved = yaml.safe_load((compressor.save(result, tmp_path / "out") / "recipe.yaml").read_text())
     act = resolved["compress_stage"]["act"]
     assert set(ACTPass.all_params()) <= set(act)
-    assert act["rounds"] == 16
+    assert act["rounds"] == 8
     assert set(act["plan"]) == set(result.report["passes"][0]["sites"])
     assert all(entry == {"bucket_width": 8.0} for entry in act["plan"].values())
 

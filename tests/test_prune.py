@@ -214,8 +214,10 @@ def test_widths_coupled_through_a_padded_shortcut_are_listed_and_kept(resnet20_c
 
 def test_prune_then_act_in_one_recipe_rebuilds_both_on_reload(hf_vit_dir, tmp_path):
     """ACT sees the pruned heads through the adapter; on reload the widths come back before ACT's kernels."""
+    # bucket width 4: at width 2 the first layer's clusters (0.53 per token) cost more than exact attention there,
+    # and act leaves it exact (docs/passes.md, "Only where it pays")
     recipe = compressor.Recipe.from_yaml(
-        "compress_stage:\n  prune: {ratio: 0.5, attention: heads}\n  act: {rounds: 8, bucket_width: 2.0}\n")
+        "compress_stage:\n  prune: {ratio: 0.5, attention: heads}\n  act: {rounds: 8, bucket_width: 4.0}\n")
     result = compressor.compress(hf_vit_dir, recipe, progress=False, latency_runs=1)
     kernels = [m for m in result.model.modules() if type(m).__name__ == "ACTKernel"]
     assert len(kernels) == 2 and all(layer.attention.num_attention_heads == 2 for layer in result.model.vit.layers)
@@ -272,3 +274,17 @@ def test_uniform_pruning_equals_torch_pruning_used_as_its_hf_vit_example_does(hf
     inputs = result.loaded.adapter.example_inputs(batch_size=2, seed=5)
     with torch.no_grad():
         assert (reference(**inputs).logits - result.model(**inputs).logits).abs().max().item() <= 1e-6
+
+
+def test_a_model_with_act_is_pruned_where_the_targets_meet_no_act_layer(hf_vit_dir, tmp_path):
+    act_only_first = compressor.compress(hf_vit_dir, "act", overrides=["act.rounds=8",
+                                                                       "act.targets=[vit.layers.0.attention]"],
+                                         progress=False, latency_runs=1)
+    source = compressor.save(act_only_first, tmp_path / "act")
+    result = _prune(source, "prune.ratio=0.5", "prune.targets=[vit.layers.1]")
+    assert result.report["flops"]["after"] < result.report["flops"]["before"]
+    assert result.report["passes"][0]["statistics"]["head_dim"] == {"vit.layers.1.attention": 4}
+    kernel = result.model.get_submodule("vit.layers.0.attention.attention_kernel")
+    assert kernel.head_dim == 8  # the ACT layer keeps its unpruned heads
+    with pytest.raises(RecipeError, match="vit.layers.0.attention.attention_kernel .*leave vit.layers.0 out"):
+        _prune(source, "prune.ratio=0.5", "prune.targets=[vit.layers.0]")

@@ -229,3 +229,16 @@ def test_a_plan_edited_to_borrow_a_missing_weight_fails_on_reload(hf_vit_dir, tm
     recipe.write_text(recipe.read_text().replace("T(vit.layers.0.mlp.fc1.weight)", "T(vit.layers.0.mlp.fc9.weight)"))
     with pytest.raises(CompressorError, match="fc9"):
         load_source(out)
+
+
+def test_share_middle_on_basic_blocks_is_refused_naming_the_fix(resnet20_dir):
+    with pytest.raises(RecipeError, match=r"share_middle: the targeted sites \(basic blocks\) have no middle conv "
+                                          r".*set tied_weights.share_middle=false"):
+        compressor.compress(resnet20_dir, _recipe(parts=["convs"], share="stage", share_middle=True),
+                            progress=False)
+
+
+def test_share_middle_on_bottlenecks_is_accepted(hf_resnet_dir):
+    result = compressor.compress(hf_resnet_dir, _recipe(parts=["convs"], share="stage", share_middle=True),
+                                 progress=False, latency_runs=1)
+    assert any(isinstance(m, TiedConv2d) and m.kernel_size == (3, 3) for m in result.model.modules())

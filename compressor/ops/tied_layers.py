@@ -5,6 +5,10 @@ its transpose serves the paired layer. A tied layer keeps its own bias but holds
 owner's parameter at every forward through a `BorrowedWeight`, which is a plain reference (not a submodule), so the
 parameter appears once in `parameters()`, in `state_dict()` and in `model.safetensors`, follows `.to()` / `.half()`
 of the owner, and a deep copy of the model keeps the tie (the owner is copied once and the reference follows).
+
+A derived weight (a transpose, a flipped kernel, TiedQKV's fused matrix) costs a copy per forward; at inference it is
+built once and reused while its source parameters are unchanged (`DerivedWeight`). Where gradients may flow (training
+mode, or autograd on for parameters that need it) it is built every forward, so gradients reach the owner.
 """
 
 from __future__ import annotations
@@ -33,6 +37,29 @@ def adjoint_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (shape[1], shape[0], *shape[2:])
 
 
+class DerivedWeight:
+    """The last weight derived from some parameters, reused while none of them changed.
+
+    A parameter changed when its version counter moved (any in-place update: an optimizer step, `copy_`, loading a
+    state dict) or its storage moved (`.to()`, `.data = ...`).
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value: torch.Tensor | None = None
+
+    def __call__(self, layer: nn.Module, sources: tuple[torch.Tensor, ...], build) -> torch.Tensor:
+        if layer.training or (torch.is_grad_enabled() and any(p.requires_grad for p in sources)):
+            return build()  # gradients must reach the sources
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device, p.shape) for p in sources)
+        if key != self.key:
+            self.key, self.value = key, build()
+        return self.value
+
+    def __deepcopy__(self, memo: dict) -> DerivedWeight:
+        return DerivedWeight()  # a copy's parameters live elsewhere: it derives its own
+
+
 class BorrowedWeight:
     """A reference to `owner`'s parameter `name`, read at call time, transposed (adjoint) when `transposed`.
 
@@ -41,10 +68,17 @@ class BorrowedWeight:
 
     def __init__(self, owner: nn.Module, name: str, transposed: bool):
         self.owner, self.name, self.transposed = owner, name, transposed
+        self.derived = DerivedWeight()
 
     def __call__(self) -> torch.Tensor:
         weight = getattr(self.owner, self.name)
         return adjoint(weight) if self.transposed else weight
+
+    def for_forward(self, layer: nn.Module) -> torch.Tensor:
+        """The weight for `layer`'s forward: a transpose is reused at inference while the owner's is unchanged."""
+        if not self.transposed:
+            return getattr(self.owner, self.name)
+        return self.derived(layer, (getattr(self.owner, self.name),), self)
 
     def __repr__(self) -> str:
         return f"{'T(' if self.transposed else ''}{type(self.owner).__name__}.{self.name}{')' if self.transposed else ''}"
@@ -66,7 +100,7 @@ class TiedLinear(nn.Module):
         return self.source()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.source(), self.bias)
+        return F.linear(x, self.source.for_forward(self), self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, weight={self.source!r}"
@@ -92,7 +126,8 @@ class TiedConv2d(nn.Module):
         return self.source()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.source(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(x, self.source.for_forward(self), self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -116,13 +151,14 @@ class TiedQKV(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         self.in_features = int(weight_q.shape[1])
         self.out_features = 3 * int(weight_q.shape[0])
+        self.derived = DerivedWeight()
 
     @property
     def weight(self) -> torch.Tensor:
         return torch.cat([self.weight_q, self.weight_kv, self.weight_kv.t()], dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(x, self.derived(self, (self.weight_q, self.weight_kv), lambda: self.weight), self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features} (Q=W_q, K=W_kv, V=W_kvᵀ)"

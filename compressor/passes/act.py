@@ -12,7 +12,8 @@ from typing import Any
 
 from compressor.models.base import AttentionSite, ModelAdapter
 from compressor.ops.act_kernel import ACTKernel
-from compressor.passes.base import Param, Pass, PassContext
+from compressor.passes.act_cost import describe_left_exact, sites_left_exact
+from compressor.passes.base import Param, Pass, PassContext, scratch_adapter
 
 
 class ACTPass(Pass):
@@ -39,6 +40,10 @@ class ACTPass(Pass):
                                "left exact when no width meets the target cheaply).", greater_than=0),
     }
 
+    def __init__(self) -> None:
+        #: why planning left a site exact, by site name (for the report)
+        self.left_exact: dict[str, str] = {}
+
     def candidate_sites(self, adapter: ModelAdapter) -> list[AttentionSite]:
         """Global self-attention: ACT clusters queries against the keys of the same tokens."""
         return [site for site in adapter.attention_sites() if site.kind == "self" and site.scope == "global"]
@@ -47,7 +52,8 @@ class ACTPass(Pass):
         """Encoders only: the DETR encoder (the paper's setting), every ViT/DeiT/BERT layer; not decoders."""
         return [site for site in candidates if site.stack != "decoder"]
 
-    def calibration_needed(self, params: dict[str, Any]) -> str | None:
+    @classmethod
+    def calibration_needed(cls, params: dict[str, Any]) -> str | None:
         if params["fidelity_target"] is None:
             return None
         return ("act.fidelity_target needs calibration data: pass --calib DATA, or set act.fidelity_target=null "
@@ -55,22 +61,32 @@ class ACTPass(Pass):
 
     def plan(self, adapter: ModelAdapter, sites: list[AttentionSite], params: dict[str, Any],
              context: PassContext) -> dict[str, dict[str, Any]]:
-        if params["fidelity_target"] is None:
-            return {site.name: {"bucket_width": float(params["bucket_width"])} for site in sites}
+        """Bucket widths per site (calibrated with `fidelity_target`), and exact attention where ACT does not pay
+        (`act_cost`). Kernels are tried on a scratch copy: the model stays exact while planning."""
         self.require_calibration(params, context)
-        from compressor.passes.act_calibration import calibrate_bucket_widths
-
-        self.rewrite(adapter, sites, params, {s.name: {"bucket_width": params["bucket_width"]} for s in sites},
+        scratch = scratch_adapter(adapter)
+        self.rewrite(scratch, sites, params, {s.name: {"bucket_width": params["bucket_width"]} for s in sites},
                      context.seed)
-        widths = calibrate_bucket_widths(adapter, [self.kernel(adapter, s) for s in sites], params, context)
-        self.remove(adapter, sites)
-        return {site.name: {"bucket_width": width} for site, width in zip(sites, widths)}
+        kernels = [self.kernel(scratch, site) for site in sites]
+        widths: list[float | None] = [float(params["bucket_width"])] * len(sites)
+        if params["fidelity_target"] is not None:
+            from compressor.passes.act_calibration import calibrate_bucket_widths
+
+            widths = calibrate_bucket_widths(scratch, kernels, params, context)
+            self.left_exact = {site.name: "calibration: exact attention is needed to reach fidelity_target"
+                               for site, width in zip(sites, widths) if width is None}
+        batches = context.calibration or [context.example or scratch.example_inputs(batch_size=1, seed=context.seed)]
+        data = "the calibration data" if context.calibration else "the example input"
+        self.left_exact.update(sites_left_exact(scratch, [site.name for site in sites], kernels, widths, batches,
+                                                data))
+        return {site.name: {"bucket_width": None if site.name in self.left_exact else width}
+                for site, width in zip(sites, widths)}
 
     def rewrite(self, adapter: ModelAdapter, sites: list[AttentionSite], params: dict[str, Any],
                 plan: dict[str, dict[str, Any]], seed: int) -> None:
         for site in sites:
             width = plan[site.name]["bucket_width"]
-            if width is None:  # calibration left this layer exact
+            if width is None:  # left exact: ACT does not pay here, or calibration needs exact attention
                 continue
             kernel = ACTKernel(site.head_dim, rounds=params["rounds"], bucket_width=float(width),
                                cluster=params["cluster"], seed=site_seed(seed, site.name))
@@ -79,11 +95,6 @@ class ACTPass(Pass):
     @staticmethod
     def kernel(adapter: ModelAdapter, site: AttentionSite) -> ACTKernel | None:
         return getattr(adapter.module(site.name), "attention_kernel", None)
-
-    def remove(self, adapter: ModelAdapter, sites: list[AttentionSite]) -> None:
-        """Undo `rewrite` (used between calibration and the final rewrite)."""
-        for site in sites:
-            adapter.remove_attention_kernel(site)
 
     def reset_statistics(self, adapter: ModelAdapter, sites: list[AttentionSite]) -> None:
         for site in sites:
@@ -99,11 +110,15 @@ class ACTPass(Pass):
         widths = {site.name: (None if self.kernel(adapter, site) is None
                               else round(float(self.kernel(adapter, site).bucket_width), 4)) for site in sites}
         mean = sum(fractions.values()) / len(fractions)
+        left_exact = {site.name: self.left_exact.get(site.name, "exact in the recipe's plan") for site in sites
+                      if self.kernel(adapter, site) is None}
         return {
             "prototype_fraction": fractions,
             "bucket_width": widths,
+            "left_exact": left_exact,
             "summary": {"mean prototypes/N": round(mean, 4),
-                        "prototypes/N per layer": " ".join(f"{v:.2f}" for v in fractions.values())},
+                        "prototypes/N per layer": " ".join(f"{v:.2f}" for v in fractions.values()),
+                        **describe_left_exact(left_exact, len(sites))},
         }
 
 

@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 
 from compressor.evaluate.fidelity import mean_cosine, primary_outputs
 from compressor.models.base import ModelAdapter
+from compressor.passes.act_cost import configure_kernels
 from compressor.passes.base import PassContext
 
 #: a layer left exact: every token is its own prototype, and nothing is lost
-EXACT = None
+EXACT = None  # as `configure_kernels` reads a width
 
 
 @dataclass
@@ -30,18 +31,10 @@ class Measurement:
     fidelity: float
 
 
-def _configure(kernels: list, widths: list[float | None]) -> None:
-    for kernel, width in zip(kernels, widths):
-        kernel.enabled = width is not EXACT
-        if width is not EXACT:
-            kernel.set_bucket_width(width)
-        kernel.reset_statistics()
-
-
 def _measure(adapter: ModelAdapter, kernels: list, widths: list[float | None], batches: list[dict],
              reference: list[torch.Tensor]) -> tuple[list[float], float]:
     """Per-layer prototype fractions and the mean output cosine with `widths` applied."""
-    _configure(kernels, widths)
+    configure_kernels(kernels, widths)
     fidelity = mean_cosine(reference, primary_outputs(adapter.model, adapter, batches))
     fractions = [kernel.prototype_fraction() if width is not EXACT else 1.0
                  for kernel, width in zip(kernels, widths)]
@@ -72,7 +65,7 @@ def calibrate_bucket_widths(adapter: ModelAdapter, kernels: list, params: dict[s
     target = float(params["fidelity_target"])
     grid = sorted(float(w) for w in params["bucket_widths"])
     batches = context.calibration
-    _configure(kernels, [EXACT] * len(kernels))
+    configure_kernels(kernels, [EXACT] * len(kernels))
     reference = primary_outputs(adapter.model, adapter, batches)
 
     table: list[dict[Any, Measurement]] = []
@@ -118,5 +111,5 @@ def calibrate_bucket_widths(adapter: ModelAdapter, kernels: list, params: dict[s
         chosen = [EXACT] * len(kernels)
     else:
         chosen = min(winners, key=lambda widths: evaluate(widths)[0])
-    _configure(kernels, chosen)
+    configure_kernels(kernels, chosen)
     return chosen

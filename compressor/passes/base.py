@@ -3,8 +3,11 @@
 A pass runs in two steps so that a compressed model can be rebuilt exactly on reload:
 
 1. `plan` decides the per-site settings (and may calibrate on data): `{site_name: {setting: value}}`.
-   The plan is written into the resolved recipe, so it is plain YAML-able data.
-2. `rewrite` changes the model's structure from the parameters and the plan alone, deterministically from the seed.
+   The plan is written into the resolved recipe, so it is plain YAML-able data. Planning leaves the model exactly
+   as it was (weights, modules, settings): a pass that must try its rewrite to decide does so on a scratch copy
+   (`scratch_adapter`).
+2. `rewrite` changes the model's structure from the parameters and the plan alone, deterministically from the seed;
+   `initialise` then sets the new weights from what planning kept (never on reload).
 
 On reload, only `rewrite` runs (with the plan read back from `recipe.yaml`), then the saved weights are loaded.
 A pass sees the model only through its adapter.
@@ -12,6 +15,7 @@ A pass sees the model only through its adapter.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -73,14 +77,22 @@ COMMON_PARAMS: dict[str, Param] = {
 }
 
 
+def scratch_adapter(adapter: ModelAdapter) -> ModelAdapter:
+    """An adapter over a deep copy of the model: where `plan` may try a rewrite (calibrate kernels, run the pruner)
+    and leave the model itself as it was. Sites are named, so they name the same modules in the copy."""
+    return type(adapter)(copy.deepcopy(adapter.model), adapter.processor)
+
+
 @dataclass
 class PassContext:
-    """What a pass may use while planning: calibration inputs, the seed, and whether to show progress."""
+    """What a pass may use while planning: calibration inputs, the example input the report measures on, the seed,
+    and whether to show progress."""
 
     seed: int = 0
     calibration: list[dict[str, torch.Tensor]] | None = None
     progress: bool = True
     calibration_source: str | None = None
+    example: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -127,8 +139,13 @@ class Pass(ABC):
     def default_sites(self, adapter: ModelAdapter, candidates: list) -> list:
         """The sites `targets: [auto]` means for this family."""
 
+    def check_settings(self, adapter: ModelAdapter, sites: list, params: dict[str, Any]) -> None:
+        """Raise RecipeError (one line: the setting, why it cannot apply here, the fix) for a setting that cannot
+        apply to these sites, rather than ignore it. Run once per recipe, before anything slow."""
+
     # --- calibration data ---------------------------------------------------------------------------------------
-    def calibration_needed(self, params: dict[str, Any]) -> str | None:
+    @classmethod
+    def calibration_needed(cls, params: dict[str, Any]) -> str | None:
         """The one-line error (what needs it, how to do without) when planning with `params` needs calibration
         data, else None. Checked before the model loads (`pipeline.check_calibration_given`) and in `plan`."""
         return None
@@ -143,7 +160,7 @@ class Pass(ABC):
     @abstractmethod
     def plan(self, adapter: ModelAdapter, sites: list, params: dict[str, Any],
              context: PassContext) -> dict[str, dict[str, Any]]:
-        """Per-site settings, possibly calibrated on `context.calibration`."""
+        """Per-site settings, possibly calibrated on `context.calibration`; the model is left as it was."""
 
     @abstractmethod
     def rewrite(self, adapter: ModelAdapter, sites: list, params: dict[str, Any],

@@ -14,8 +14,8 @@ import torch
 
 from compressor.errors import CompressorError, RecipeError
 from compressor.models.base import ModelAdapter
-from compressor.passes.base import Param, Pass, PassContext
-from compressor.passes.prune_graph import PruneResult, run_pruner
+from compressor.passes.base import Param, Pass, PassContext, scratch_adapter
+from compressor.passes.prune_graph import PruneResult, refuse_attention_kernels, run_pruner
 from compressor.passes.prune_shapes import apply_widths, changed_widths, snapshot_widths
 
 
@@ -60,6 +60,8 @@ class PrunePass(Pass):
 
     def __init__(self) -> None:
         self.result: PruneResult | None = None
+        #: the pruned copy's state dict, between `plan` and `initialise`
+        self.pruned_weights: dict[str, torch.Tensor] | None = None
 
     # --- sites -------------------------------------------------------------------------------------------------
     def candidate_sites(self, adapter: ModelAdapter) -> list[ModuleSite]:
@@ -71,7 +73,8 @@ class PrunePass(Pass):
         blocks = {block.name for block in adapter.blocks()}
         return [site for site in candidates if site.name in blocks]
 
-    def calibration_needed(self, params: dict[str, Any]) -> str | None:
+    @classmethod
+    def calibration_needed(cls, params: dict[str, Any]) -> str | None:
         if params["importance"] != "taylor":
             return None
         return "prune.importance=taylor needs calibration data: pass --calib DATA, or set prune.importance=magnitude"
@@ -79,21 +82,20 @@ class PrunePass(Pass):
     # --- the two steps -----------------------------------------------------------------------------------------
     def plan(self, adapter: ModelAdapter, sites: list[ModuleSite], params: dict[str, Any],
              context: PassContext) -> dict[str, dict[str, Any]]:
+        """Prune a scratch copy: its new widths are the plan, its weights what `initialise` gives the model."""
         self.require_calibration(params, context)
+        self.pruned_weights = None
         if params["ratio"] == 0:
             self.result = PruneResult(untraced=[], heads={}, head_dims={})
             return {}
-        kernels = [name for name, _ in adapter.model.named_modules() if name.endswith(".attention_kernel")]
-        if kernels:
-            raise RecipeError(f"prune must run before the pass that installed {kernels[0]} (e.g. act): attention "
-                              f"kernels are sized for the unpruned heads; put prune first in the recipe")
-        model = adapter.model
-        example = adapter.example_inputs(batch_size=1, seed=context.seed)
-        reference = self._output_shape(adapter, example)
-        before = snapshot_widths(model)
-        self.result = run_pruner(adapter, [site.name for site in sites], params, example, context.calibration)
+        refuse_attention_kernels(adapter, [site.name for site in sites])
+        scratch = scratch_adapter(adapter)
+        example = scratch.example_inputs(batch_size=1, seed=context.seed)
+        reference = self._output_shape(scratch, example)
+        before = snapshot_widths(scratch.model)
+        self.result = run_pruner(scratch, [site.name for site in sites], params, example, context.calibration)
         try:
-            after_shape = self._output_shape(adapter, example)
+            after_shape = self._output_shape(scratch, example)
         except Exception as error:  # a layer the graph could not follow kept a stale width
             hint = ("set prune.hidden=false: this model computes something of the shared width that is not a "
                     "weight (e.g. DETR's sine position embeddings)") if params["hidden"] else \
@@ -103,7 +105,8 @@ class PrunePass(Pass):
         if after_shape != reference:
             raise RecipeError(f"prune: pruning changed the model's output from {reference} to {after_shape} (a "
                               f"model without a task head outputs its hidden width); set prune.hidden=false")
-        return changed_widths(before, snapshot_widths(model))
+        self.pruned_weights = scratch.model.state_dict()
+        return changed_widths(before, snapshot_widths(scratch.model))
 
     @staticmethod
     @torch.no_grad()
@@ -112,8 +115,16 @@ class PrunePass(Pass):
 
     def rewrite(self, adapter: ModelAdapter, sites: list[ModuleSite], params: dict[str, Any],
                 plan: dict[str, dict[str, Any]], seed: int) -> None:
-        """Give the model the planned widths (already there right after planning; rebuilt on reload)."""
+        """Give the model the planned widths (uninitialised where they shrink: weights come from `initialise`, or
+        from the saved file on reload)."""
         apply_widths(adapter.model, plan)
+
+    def initialise(self, adapter: ModelAdapter, sites: list[ModuleSite], params: dict[str, Any],
+                   plan: dict[str, dict[str, Any]], context: PassContext) -> None:
+        """The channels the pruner kept, from the pruned copy."""
+        if self.pruned_weights is not None:
+            adapter.model.load_state_dict(self.pruned_weights)
+            self.pruned_weights = None
 
     def statistics(self, adapter: ModelAdapter, sites: list[ModuleSite]) -> dict[str, Any]:
         result = self.result or PruneResult(untraced=[], heads={}, head_dims={})

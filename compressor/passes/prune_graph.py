@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, RecipeError
 from compressor.models.base import AttentionSite, ModelAdapter
 from compressor.passes.prune_layers import customized_pruners, opaque_layers
 
@@ -65,6 +65,16 @@ def site_of(name: str, targets: list[str]) -> str | None:
     """The innermost targeted module containing module `name`, or None."""
     matches = [target for target in targets if _inside(name, target)]
     return max(matches, key=len) if matches else None
+
+
+def refuse_attention_kernels(adapter: ModelAdapter, targets: list[str]) -> None:
+    """Refuse to prune where an attention kernel (act) already sits inside a targeted module: kernels are sized
+    for the unpruned heads. Kernels outside the targets are left alone with their unchanged widths."""
+    for name, _ in adapter.model.named_modules():
+        if name.endswith(".attention_kernel") and site_of(name, targets) is not None:
+            raise RecipeError(f"prune must run before the pass that installed {name} (e.g. act): attention "
+                              f"kernels are sized for the unpruned heads; put prune first in the recipe, or leave "
+                              f"{site_of(name, targets)} out with prune.ignore")
 
 
 def head_layouts(adapter: ModelAdapter, targets: list[str]) -> list[HeadLayout]:

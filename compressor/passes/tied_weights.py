@@ -85,8 +85,21 @@ class TiedWeightsPass(Pass):
         return [site for site in sites if _part(site) in params["parts"] and
                 (not isinstance(site, BlockSite) or wanted is None or stacks.index(site.stack) + 1 in wanted)]
 
+    def check_settings(self, adapter: ModelAdapter, sites: list, params: dict[str, Any]) -> None:
+        if params["share_middle"] and params["share"] != "stage":
+            raise RecipeError("tied_weights.share_middle shares a weight across a stage: it needs share: stage")
+        chosen = self.chosen_sites(sites, params)
+        if not chosen:
+            raise RecipeError(f"tied_weights: none of the targeted sites is of the parts {params['parts']}; "
+                              f"sites here are {sorted({_part(s) for s in sites})}")
+        if params["share_middle"] and not any(isinstance(s, BlockSite) and s.kind == "bottleneck" for s in chosen):
+            kinds = sorted({s.kind + " blocks" if isinstance(s, BlockSite) else _part(s) for s in chosen})
+            raise RecipeError(f"tied_weights.share_middle: the targeted sites ({', '.join(kinds)}) have no middle "
+                              "conv to share (only bottleneck blocks do); set tied_weights.share_middle=false")
+
     # --- plan ----------------------------------------------------------------------------------------------------
-    def calibration_needed(self, params: dict[str, Any]) -> str | None:
+    @classmethod
+    def calibration_needed(cls, params: dict[str, Any]) -> str | None:
         if params["init"] != "data_aware":
             return None
         return ("tied_weights.init: data_aware needs calibration data: pass --calib DATA, or set "
@@ -94,13 +107,8 @@ class TiedWeightsPass(Pass):
 
     def plan(self, adapter: ModelAdapter, sites: list, params: dict[str, Any],
              context: PassContext) -> dict[str, dict[str, Any]]:
-        if params["share_middle"] and params["share"] != "stage":
-            raise RecipeError("tied_weights.share_middle shares a weight across a stage: it needs share: stage")
         self.require_calibration(params, context)
         chosen = self.chosen_sites(sites, params)
-        if not chosen:
-            raise RecipeError(f"tied_weights: none of the targeted sites is of the parts {params['parts']}; "
-                              f"sites here are {sorted({_part(s) for s in sites})}")
         layout = plan_ties(adapter, chosen, params["share"], params["share_middle"])
         if not layout.ties:
             reasons = "; ".join(f"{site}: {why[0]}" for site, why in list(layout.untied.items())[:2])
