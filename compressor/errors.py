@@ -29,3 +29,10 @@ class UnsupportedModelError(CompressorError):
 
 class PublishError(CompressorError):
     """A push to the Hub that cannot start or was refused: no token, a bad repo id, no write access, no network."""
+
+
+#: what a library constructor raises on a config.json with impossible values (an empty image size, zero heads, a
+#: string where a number belongs): building a model from a damaged file is refused with one line, whatever the
+#: constructor tripped on
+BUILD_ERRORS = (ArithmeticError, LookupError, TypeError, ValueError, AttributeError, AssertionError,
+                NotImplementedError, RecursionError)

@@ -21,7 +21,7 @@ from torch import nn
 
 from compressor import strict_json
 from compressor.atomic_dir import atomic_directory, current_umask
-from compressor.errors import CompressorError, SourceError
+from compressor.errors import BUILD_ERRORS, CompressorError, SourceError
 from compressor.loaders import hf_models, timm_models
 from compressor.loaders.config_file import read_config
 from compressor.loaders.hub_files import hub_snapshot
@@ -97,7 +97,7 @@ def _load_processor(directory: Path, library: str, config: dict[str, Any]):
 
 
 #: what transformers and timm constructors raise on a config with impossible values (e.g. zero attention heads)
-_BUILD_ERRORS = (ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError, RuntimeError, AssertionError)
+_BUILD_ERRORS = (RuntimeError, *BUILD_ERRORS)
 #: the entries of `compression_config` a reload needs, and their types
 _META_TYPES = {"library": str, "base_model": str, "format_version": int, "seed": int}
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from compressor.errors import SourceError, UnsupportedModelError
+from compressor.errors import BUILD_ERRORS, SourceError, UnsupportedModelError
 from compressor.loaders.config_file import CONFIG, read_config
 from compressor.loaders.hub_files import first_line, hub_file, offline_hint
 from compressor.models import ADAPTER_CLASSES, SUPPORTED_FAMILIES
@@ -92,18 +92,17 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
     source = str(source)
     directory, is_local = _model_directory(source, revision=revision, token=token)
     raw_config = read_config(directory, expected=_DIRECTORY)
-    architectures = raw_config.get("architectures") or []
-    architecture = architectures[0] if architectures else None
-    adapter_class = _adapter_class_for(raw_config.get("model_type"), architecture, source)
+    model_type, architecture = identity_of(raw_config, source)
+    adapter_class = _adapter_class_for(model_type, architecture, source)
 
     location = str(directory) if is_local else source
     hub_options = {} if is_local else {"revision": revision, "token": token}
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code, **hub_options)
-    except (OSError, ValueError, TypeError, StrictDataclassError) as error:
+    except (OSError, StrictDataclassError, *BUILD_ERRORS) as error:
         raise SourceError(f"the config of {source} cannot be read: {' '.join(str(error).split())[:300]}") from None
     _disable_backbone_download(config)
-    model_class = _checked_model_class(architecture, raw_config.get("model_type"), source, trust_remote_code)
+    model_class = _checked_model_class(architecture, model_type, source, trust_remote_code)
     weight_files = _weight_files(source, directory, is_local, revision=revision, token=token)
     try:
         with bounded_by_weights(header_totals(weight_files), source):
@@ -121,13 +120,27 @@ def load_hf_model(source: str, *, revision: str | None = None, token: str | None
     except RuntimeError:  # transformers' verdict on weights whose shapes the config does not describe
         raise SourceError(f"the weights of {source} do not have the shapes its config.json describes; the files "
                           "come from different models") from None
-    except (ZeroDivisionError, TypeError, KeyError, AttributeError, AssertionError) as error:
+    except BUILD_ERRORS as error:
         raise SourceError(f"cannot build the architecture the config.json of {source} describes "
                           f"({type(error).__name__}: {first_line(error)}); the file is damaged") from None
     check_loading_report(loading_report, source, type(model).__name__)
     processor = _load_processor(adapter_class.processor_kind, source, directory, is_local,
                                 revision=revision, token=token, trust_remote_code=trust_remote_code)
     return model.eval(), processor
+
+
+def identity_of(config: dict, source: str) -> tuple[str | None, str | None]:
+    """(model_type, first of `architectures`) of a raw config.json, checked to be what transformers writes: a
+    string, and a list of class names."""
+    model_type, architectures = config.get("model_type"), config.get("architectures")
+    if model_type is not None and not isinstance(model_type, str):
+        raise SourceError(f"the config.json of {source}: `model_type` must be a string such as \"vit\", got a "
+                          f"{type(model_type).__name__}; re-save the model with save_pretrained")
+    if architectures is not None and (not isinstance(architectures, list)
+                                      or not all(isinstance(name, str) and name for name in architectures)):
+        raise SourceError(f"the config.json of {source}: `architectures` must be a list of class names such as "
+                          "[\"ViTForImageClassification\"]; re-save the model with save_pretrained")
+    return model_type, (architectures[0] if architectures else None)
 
 
 def _checked_model_class(architecture: str | None, model_type: str | None, source: str,
@@ -215,14 +228,14 @@ def build_hf_model(config_dict: dict) -> nn.Module:
 
     register_architectures()
     config_dict = dict(config_dict)
-    model_type = config_dict.pop("model_type", None)
+    model_type, architecture = identity_of(config_dict, "the saved model")
     if model_type is None:
         raise SourceError("the saved config has no model_type; the output's config.json is damaged")
-    architectures = config_dict.get("architectures") or []
-    _adapter_class_for(model_type, architectures[0] if architectures else None, "the saved model")
+    config_dict.pop("model_type")
+    _adapter_class_for(model_type, architecture, "the saved model")
     config = AutoConfig.for_model(model_type, **config_dict)
     _disable_backbone_download(config)
-    model_class = _model_class(architectures[0] if architectures else None)
+    model_class = _model_class(architecture)
     if model_class is None or not hasattr(model_class, "_from_config"):
         return AutoModel.from_config(config).eval()
     return model_class._from_config(config).eval()
@@ -238,8 +251,6 @@ def hf_config_dict(model: nn.Module) -> dict:
 
 def load_processor(directory: Path, config: dict) -> Any:
     """The image processor or tokenizer saved in a compressed model's directory (None when there is none)."""
-    architectures = config.get("architectures") or []
-    adapter_class = _adapter_class_for(config.get("model_type"), architectures[0] if architectures else None,
-                                       str(directory))
+    adapter_class = _adapter_class_for(*identity_of(config, str(directory)), str(directory))
     return _load_processor(adapter_class.processor_kind, str(directory), Path(directory), True, revision=None,
                            token=None, trust_remote_code=False)

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from compressor.errors import CompressorError, SourceError, UnsupportedModelError
+from compressor.errors import BUILD_ERRORS, CompressorError, SourceError, UnsupportedModelError
 from compressor.loaders.config_file import CONFIG, read_config
 from compressor.loaders.hub_files import first_line, hub_file
 from compressor.models import ADAPTER_CLASSES, SUPPORTED_FAMILIES
@@ -88,7 +88,7 @@ def _create_from_directory(directory: Path, *, pretrained: bool) -> nn.Module:
     try:
         with bound:
             return timm.create_model(f"local-dir:{directory}", pretrained=pretrained).eval()
-    except (RuntimeError, OSError, ValueError, TypeError, AssertionError, SafetensorError) as error:
+    except (RuntimeError, OSError, SafetensorError, *BUILD_ERRORS) as error:
         detail = first_line(error)[:300]
         raise SourceError(f"cannot build the timm model in {directory}: {detail}; re-save it with "
                           "timm.models.save_for_hf(model, dir, safe_serialization=True)") from None
