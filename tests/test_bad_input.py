@@ -126,6 +126,65 @@ def _calib_file(workdir, name, content: bytes):
     return str(path)
 
 
+def _image_bytes(fmt: str = "PNG", size: int = 32, seed: int = 0) -> bytes:
+    """A real image file's bytes: random pixels, so that a JPEG's compressed data is long enough to cut."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A small real PNG whose header is patched to claim `width` x `height` pixels (its checksum fixed), as a
+    decompression bomb presents itself: PIL refuses or warns from the header alone."""
+    import struct
+    import zlib
+
+    data = bytearray(_image_bytes("PNG", 8))
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])  # bit depth, colour, ... kept
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    return bytes(data)
+
+
+def _cut(data: bytes, keep: float = 0.5) -> bytes:
+    return data[:int(len(data) * keep)]
+
+
+def _image_folder(workdir: Path, bad_name: str, bad: bytes, name: str = "images") -> str:
+    """Two class folders of real images, plus one bad file `bad_name` in the second class."""
+    for label, count in (("cat", 2), ("ship", 1)):
+        (workdir / name / label).mkdir(parents=True)
+        for index in range(count):
+            (workdir / name / label / f"{index}.png").write_bytes(_image_bytes(seed=index))
+    (workdir / name / "ship" / bad_name).write_bytes(bad)
+    return str(workdir / name)
+
+
+def _table(workdir: Path, images: list[bytes], labels: list, name: str = "table.parquet") -> str:
+    """A parquet table as the Hub stores one: an `Image` column of bytes and a `label` column as given."""
+    import datasets
+
+    label_type = "string" if isinstance(labels[0], str) else "int64"
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value(label_type)})
+    datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in images], "label": labels},
+                               features=features).to_parquet(workdir / name)
+    return str(workdir / name)
+
+
+def _evaluate(model, data):
+    return ["evaluate", str(model), "--data", data, "--quiet"]
+
+
+def _distill(f, data):
+    return ["distill", str(f["compressed"]), "--data", data, "--out", "out", "--quiet"]
+
+
 def _flow_laughs(levels: int = 7) -> str:
     """Nested aliases in one flow list, as a --set value could hold them."""
     text = '[&a0 [x, x, x, x, x, x, x, x, x]'
@@ -297,6 +356,40 @@ CASES = {
     "text calibration for an image model": (lambda w, f: _compress(f["vit"], "--recipe", "act-calibrated",
                                                                    "--calib", _calib_file(w, "t.txt", b"words\n")),
                                             "takes images"),
+    # data: every image checked as it is read, every label a class of the model
+    "zero-byte image in an evaluation folder": (lambda w, f: _evaluate(f["vit"], _image_folder(
+        w, "empty.jpg", b"")), "ship/empty.jpg is not a readable image"),
+    "random bytes named .jpg in a calibration folder": (lambda w, f: _compress(
+        f["vit"], "--recipe", "act-calibrated", "--calib", _image_folder(w, "noise.jpg", os.urandom(4096))),
+        "ship/noise.jpg is not a readable image"),
+    "truncated JPEG in an evaluation folder": (lambda w, f: _evaluate(f["vit"], _image_folder(
+        w, "cut.jpg", _cut(_image_bytes("JPEG", 64)))), "ship/cut.jpg is not a readable image"),
+    "truncated PNG in training data": (lambda w, f: _distill(f, _image_folder(w, "cut.png", _cut(_image_bytes()))),
+                                       "ship/cut.png is not a readable image"),
+    "decompression bomb in an evaluation folder": (lambda w, f: _evaluate(f["vit"], _image_folder(
+        w, "bomb.png", _png_claiming(100_000, 100_000))), "ship/bomb.png is too large to decode"),
+    "image just over the pixel limit as calibration data": (lambda w, f: _compress(
+        f["vit"], "--recipe", "act-calibrated", "--calib", _calib_file(w, "big.png", _png_claiming(10_000, 10_000))),
+        "big.png is too large to decode"),
+    "decompression bomb in a table's image column": (lambda w, f: _evaluate(f["vit"], _table(
+        w, [_image_bytes(), _png_claiming(100_000, 100_000)], [0, 1])), "table.parquet (column image) is too large to decode"),
+    "undecodable image in calibration table": (lambda w, f: _compress(
+        f["vit"], "--recipe", "act-calibrated", "--calib", _table(w, [_image_bytes(), b"not an image"], [0, 1])),
+        "row 1 of"),
+    "zero-byte image in compress evaluation data": (lambda w, f: _compress(
+        f["vit"], "--recipe", "act", "--eval-data", _image_folder(w, "empty.png", b"")),
+        "ship/empty.png is not a readable image"),
+    "images outside any class folder": (lambda w, f: (w.joinpath("loose").mkdir(), w.joinpath(
+        "loose", "a.png").write_bytes(_image_bytes()), _evaluate(f["vit"], str(w / "loose")))[2],
+        "outside a class folder"),
+    "text labels in an evaluation table": (lambda w, f: _evaluate(f["vit"], _table(
+        w, [_image_bytes(), _image_bytes()], ["cat", "ship"])), "has the label 'cat', not a class index"),
+    "text labels in training data": (lambda w, f: _distill(f, _table(w, [_image_bytes()] * 2, ["cat", "ship"])),
+                                     "table.parquet (column label) has the label 'cat'"),
+    "labels outside the model's classes in evaluation data": (lambda w, f: _evaluate(f["vit"], _table(
+        w, [_image_bytes()] * 3, [0, 10, 3])), "table.parquet (column label) has the label 10, outside"),
+    "labels outside the model's classes in training data": (lambda w, f: _distill(f, _table(
+        w, [_image_bytes()] * 2, [-1, 2])), "has the label -1, outside the 10 classes"),
     # output and options
     "output exists": (lambda w, f: (w.joinpath("out").mkdir(), _compress(f["vit"], "--recipe", "act"))[1],
                       "--overwrite"),

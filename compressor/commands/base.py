@@ -96,7 +96,9 @@ def check_positive(**values: int | None) -> None:
 
 
 def load_data(args: argparse.Namespace):
-    """The labelled data an --data argument names, cut to --limit."""
+    """The labelled data an --data argument names, cut to --limit (with a line saying what an image folder held,
+    unless --quiet)."""
     from compressor.data.loading import load_labelled
 
-    return load_labelled(args.data, split=args.split, box_format=args.box_format).subset(args.limit)
+    return load_labelled(args.data, split=args.split, box_format=args.box_format,
+                         progress=not getattr(args, "quiet", False)).subset(args.limit)

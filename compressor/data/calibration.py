@@ -3,7 +3,8 @@
 DATA may be a local parquet/arrow/csv/json(l) file (the image column is the first `Image` feature, or a column
 named `img`/`image`; text is the `text` column), a folder of images, a single image, a `.txt` file of paragraphs
 separated by blank lines (text models), or a Hub dataset id (`uoft-cs/cifar10`, optionally `id:split`).
-A seeded random subset of `limit` examples is used, so calibration is reproducible.
+A seeded random subset of `limit` examples is used, so calibration is reproducible. Each chosen image is checked as
+it is read: a bad one is one line naming its file (or its row and column in a table).
 """
 
 from __future__ import annotations
@@ -12,22 +13,11 @@ from pathlib import Path
 
 import torch
 
-from compressor.data.loading import image_column, open_dataset, read_paragraphs
+from compressor.data.images import IMAGE_SUFFIXES, decode, image_files
+from compressor.data.loading import (UNLABELLED, LabelledData, image_column, open_dataset, read_paragraphs,
+                                     undecoded)
 from compressor.errors import SourceError
 from compressor.models.base import ModelAdapter
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _open_image(path: Path):
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 def _dataset_column(dataset, spec: str, want_text: bool) -> str:
@@ -47,13 +37,13 @@ def read_examples(spec: str, want_text: bool, limit: int, seed: int = 0) -> list
     path = Path(spec).expanduser()
     generator = torch.Generator().manual_seed(seed)
     if path.is_dir():
-        files = _image_files(path)
+        files = image_files(path)
         if not files:
             raise SourceError(f"calibration folder {path} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         chosen = torch.randperm(len(files), generator=generator)[:limit].sort().values.tolist()
-        return [_open_image(files[i]) for i in chosen]
+        return [decode(files[i], str(files[i])) for i in chosen]
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-        return [_open_image(path)]
+        return [decode(path, str(path))]
     if path.is_file() and path.suffix.lower() == ".txt":
         if not want_text:
             raise SourceError(f"{path} is a text file but this model takes images; pass images or a dataset")
@@ -68,8 +58,10 @@ def read_examples(spec: str, want_text: bool, limit: int, seed: int = 0) -> list
     if len(dataset) == 0:
         raise SourceError(f"calibration data {spec} is empty")
     chosen = torch.randperm(len(dataset), generator=generator)[:limit].sort().values.tolist()
-    rows = dataset.select(chosen)[column]
-    return [row.convert("RGB") if hasattr(row, "convert") else row for row in rows]
+    if want_text:
+        return list(dataset.select(chosen)[column])
+    data = LabelledData(spec, UNLABELLED, undecoded(dataset.select(chosen), column), column, rows=chosen)
+    return data.images(0, len(chosen))
 
 
 def load_calibration(spec: str, adapter: ModelAdapter, limit: int = 64, seed: int = 0, batch_size: int = 16,

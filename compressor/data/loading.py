@@ -5,7 +5,7 @@ DATA (the `--data` argument) is one of
 - a local table file (`.parquet`, `.arrow`, `.csv`, `.json`, `.jsonl`) with the Hub's columns: an image column (an
   `Image` feature, or a column named `img`/`image`) and, for classification, a label column (a `ClassLabel`, or a
   column named `label`/`labels`), or, for detection, an `objects` column holding `bbox` and `category` lists;
-- a folder of images with one sub-folder per class (datasets' `imagefolder`);
+- a folder of images with one sub-folder per class, read whole as one split (`image_folder`);
 - a COCO-format detection folder: the images plus `annotations/instances_*.json` (or that JSON file itself);
 - a Hub dataset id with an optional split, `uoft-cs/cifar10:test` or `detection-datasets/coco:val`;
 - unlabelled text for text models: a `.txt` file of paragraphs separated by blank lines, or a table with a `text`
@@ -14,16 +14,23 @@ DATA (the `--data` argument) is one of
 
 Detection ground truth is always held in COCO format (`LabelledData.coco`), so one evaluator (pycocotools) serves
 every source.
+
+Images are kept undecoded and checked as they are read (`images.decode`): a bad one is one line naming its file, or
+its row and column in a table; `LabelledData.check_images` reads every header first, so a broken or oversized image
+stops a run before any work rather than minutes into it. Labels are checked whole when the data is opened (text
+labels) and against the model's classes before scoring or training (`classification.check_labels`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from compressor.data import images as checked_images
+from compressor.data.image_folder import read_image_folder, split_folder
 from compressor.errors import SourceError
 
 TABLE_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
@@ -48,6 +55,10 @@ class LabelledData:
     label_names: list[str] | None = None
     coco: dict | None = None
     text_column: str | None = None
+    #: the row numbers in the data as given, of a subset's rows (None: row i is row i)
+    rows: list[int] | None = None
+    #: every image header has been read (`check_images`)
+    headers_checked: bool = field(default=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -67,11 +78,35 @@ class LabelledData:
             kept = {image["id"] for image in images}
             coco = {**self.coco, "images": images,
                     "annotations": [a for a in self.coco["annotations"] if a["image_id"] in kept]}
-        return replace(self, dataset=self.dataset.select(chosen), coco=coco)
+        rows = [self.rows[index] for index in chosen] if self.rows is not None else chosen
+        return replace(self, dataset=self.dataset.select(chosen), coco=coco, rows=rows)
+
+    def where(self, index: int, column: str | None = None, value: Any = None) -> str:
+        """How to find row `index` in the data as given: its image file, else its row number and column."""
+        path = checked_images.stored_path(value) if value is not None else None
+        if path is not None:
+            return path
+        row = self.rows[index] if self.rows is not None else index
+        return f"row {row} of {self.spec} (column {column or self.image_column})"
 
     def images(self, start: int, stop: int) -> list:
-        """RGB PIL images of rows [start, stop)."""
-        return [image.convert("RGB") for image in self.dataset[start:stop][self.image_column]]
+        """RGB PIL images of rows [start, stop), each checked as it is decoded."""
+        values = self.dataset[start:stop][self.image_column]
+        return [self.decode_image(start + offset, value) for offset, value in enumerate(values)]
+
+    def decode_image(self, index: int, value: Any):
+        """Row `index`'s image `value` (bytes or a path) as an RGB PIL image; a bad one is an error naming it."""
+        return checked_images.decode(value, self.where(index, value=value))
+
+    def check_images(self, chunk: int = 256) -> None:
+        """Read every image's header (format and size, not the pixels): an undecodable, empty or oversized image
+        is refused before any work, naming it."""
+        if self.image_column is None or self.headers_checked:
+            return
+        for start in range(0, len(self), chunk):
+            for offset, value in enumerate(self.dataset[start:start + chunk][self.image_column]):
+                checked_images.check_header(value, self.where(start + offset, value=value))
+        self.headers_checked = True
 
     def examples(self, start: int, stop: int) -> list:
         """The raw model inputs of rows [start, stop): strings for text data, else RGB PIL images."""
@@ -81,6 +116,9 @@ class LabelledData:
 
     def labels(self, start: int, stop: int) -> list[int]:
         return list(self.dataset[start:stop][self.label_column])
+
+    def all_labels(self) -> list[int]:
+        return list(self.dataset[self.label_column])
 
     def image_ids(self, start: int, stop: int) -> list[int]:
         return [image["id"] for image in self.coco["images"][start:stop]]
@@ -97,11 +135,14 @@ def _error_detail(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0] if text else 'no detail'}"
 
 
-def open_dataset(spec: str, split: str | None = None):
-    """A `datasets.Dataset` from a table file, an image folder or a Hub id (`id` or `id:split`)."""
+def open_dataset(spec: str, split: str | None = None, progress: bool = False):
+    """A `datasets.Dataset` from a table file, an image folder (its `split` sub-folder when there is one) or a
+    Hub id (`id` or `id:split`)."""
     import datasets
 
     path = Path(spec).expanduser()
+    if path.is_dir():
+        return read_image_folder(split_folder(path, split), progress)
     # datasets logs a failure before raising it; the one-line SourceError below says the same thing
     logger = logging.getLogger("datasets")
     level = logger.level
@@ -109,8 +150,6 @@ def open_dataset(spec: str, split: str | None = None):
     try:
         if path.is_file() and path.suffix.lower() in TABLE_FORMATS:
             return datasets.load_dataset(TABLE_FORMATS[path.suffix.lower()], data_files=str(path), split="train")
-        if path.is_dir():
-            return datasets.load_dataset("imagefolder", data_dir=str(path), split=split or "train")
         name, _, hub_split = spec.partition(":")
         return datasets.load_dataset(name, split=hub_split or split or "train")
     except Exception as error:  # datasets raises many types for unreadable or unreachable data
@@ -183,7 +222,7 @@ def load_coco_folder(spec: str, annotations: Path) -> LabelledData:
     root = annotations.parent.parent if annotations.parent.name == "annotations" else annotations.parent
     paths = [str(_coco_image_path(root, annotations, image["file_name"])) for image in images]
     dataset = datasets.Dataset.from_dict({"image": paths, "image_id": [image["id"] for image in images]})
-    dataset = dataset.cast_column("image", datasets.Image())
+    dataset = dataset.cast_column("image", datasets.Image(decode=False))
     for annotation in coco["annotations"]:
         annotation.setdefault("iscrowd", 0)
         annotation.setdefault("area", annotation["bbox"][2] * annotation["bbox"][3])
@@ -210,7 +249,7 @@ def _boxes_and_categories(objects) -> tuple[list, list]:
     return [o["bbox"] for o in objects], [o["category"] for o in objects]
 
 
-def coco_from_objects(dataset, column: str, box_format: str) -> dict:
+def coco_from_objects(dataset, column: str, box_format: str, spec: str = "the data") -> dict:
     """COCO-format ground truth from a Hub-style detection dataset (`objects` = {bbox: [...], category: [...]})."""
     from datasets import ClassLabel
 
@@ -222,7 +261,8 @@ def coco_from_objects(dataset, column: str, box_format: str) -> dict:
         image_id = int(row.get("image_id", index))
         width, height = row.get("width"), row.get("height")
         if width is None or height is None:
-            width, height = dataset[index][column].size
+            where = f"row {index} of {spec} (column {column})"
+            width, height = checked_images.decode(dataset[index][column], where).size
         images.append({"id": image_id, "width": int(width), "height": int(height), "file_name": str(image_id)})
         for box, category in zip(*_boxes_and_categories(row["objects"])):
             xywh = _xywh(box, box_format)
@@ -248,8 +288,35 @@ def _text_paragraphs(spec: str, path: Path) -> LabelledData:
     return LabelledData(spec, UNLABELLED, dataset, None, text_column=TEXT_COLUMN)
 
 
-def load_labelled(spec: str, *, split: str | None = None, box_format: str | None = None) -> LabelledData:
-    """What `spec` holds, as classification rows or detection images with COCO ground truth."""
+def undecoded(dataset, column: str):
+    """`dataset` with its `Image` column left as bytes or paths, for `checked_images.decode` to read."""
+    from datasets import Image as ImageFeature
+
+    if isinstance(dataset.features[column], ImageFeature) and dataset.features[column].decode:
+        return dataset.cast_column(column, ImageFeature(decode=False))
+    return dataset
+
+
+def check_label_values(dataset, label: str, spec: str) -> None:
+    """Class labels are integers: a column of text (or fractions) would be compared with class indices and score
+    every row as wrong."""
+    from datasets import ClassLabel
+
+    feature = dataset.features[label]
+    dtype = str(getattr(feature, "dtype", ""))
+    if isinstance(feature, ClassLabel) or dtype.startswith(("int", "uint")):
+        return
+    values = list(dataset[label])
+    row = next((i for i, value in enumerate(values) if not isinstance(value, int) or isinstance(value, bool)), 0)
+    raise SourceError(f"row {row} of {spec} (column {label}) has the label {values[row]!r}, not a class index "
+                      f"(the column is {dtype or type(feature).__name__}); store class indices in a ClassLabel "
+                      "column (its names say which class each is), or use a folder with one sub-folder per class")
+
+
+def load_labelled(spec: str, *, split: str | None = None, box_format: str | None = None,
+                  progress: bool = False) -> LabelledData:
+    """What `spec` holds, as classification rows or detection images with COCO ground truth; with `progress`, a
+    line saying how many images an image folder held."""
     path = Path(spec).expanduser()
     if not path.exists() and (spec.startswith((".", "/", "~")) or path.suffix):
         raise SourceError(f"data {spec} does not exist; pass a parquet/json file, an image folder, a COCO folder "
@@ -259,18 +326,20 @@ def load_labelled(spec: str, *, split: str | None = None, box_format: str | None
         return load_coco_folder(spec, annotations)
     if path.is_file() and path.suffix.lower() == ".txt":
         return _text_paragraphs(spec, path)
-    dataset = open_dataset(spec, split)
+    dataset = open_dataset(spec, split, progress)
     if len(dataset) == 0:
         raise SourceError(f"data {spec} is empty")
     if TEXT_COLUMN in dataset.column_names and not _image_columns(dataset):
         return LabelledData(spec, UNLABELLED, dataset, None, text_column=TEXT_COLUMN)
     column = image_column(dataset, spec)
+    dataset = undecoded(dataset, column)
     if "objects" in dataset.column_names:
         box_format = box_format or HUB_BOX_FORMATS.get(spec.partition(":")[0], "xywh")
-        return LabelledData(spec, DETECTION, dataset, column, coco=coco_from_objects(dataset, column, box_format))
+        return LabelledData(spec, DETECTION, dataset, column, coco=coco_from_objects(dataset, column, box_format, spec))
     label = _label_column(dataset)
     if label is None:
         raise SourceError(f"data {spec} has no label column (columns: {', '.join(dataset.column_names)}); "
                           "expected a ClassLabel feature, a column named label/labels, or detection `objects`")
+    check_label_values(dataset, label, spec)
     names = getattr(dataset.features[label], "names", None)
     return LabelledData(spec, CLASSIFICATION, dataset, column, label_column=label, label_names=names)

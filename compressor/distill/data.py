@@ -31,7 +31,7 @@ class Examples(Dataset):
         row = self.data.dataset[int(index)]
         if self.data.text_column is not None:
             return row[self.data.text_column], None
-        image = row[self.data.image_column].convert("RGB")
+        image = self.data.decode_image(int(index), row[self.data.image_column])
         if self.data.task == CLASSIFICATION:
             return image, int(row[self.data.label_column])
         if self.data.task != DETECTION:

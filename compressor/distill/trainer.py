@@ -67,15 +67,18 @@ class LossComputer:
     """
 
     def __init__(self, student: LoadedModel, teacher: torch.nn.Module, data: LabelledData, config: DistillConfig):
-        from compressor.evaluate.classification import class_columns, model_label_names
+        from compressor.evaluate.classification import check_labels, class_columns, model_class_count, \
+            model_label_names
 
         self.adapter, self.teacher, self.task, self.config = student.adapter, teacher, data.task, config
         self.headless = not student.adapter.has_head()
         self.columns = None
         if data.task == CLASSIFICATION and config.task_weight > 0 and not self.headless:
-            outputs = len(model_label_names(student.model) or []) or None
+            outputs = model_class_count(student.model)
             if outputs is not None:
                 self.columns = class_columns(model_label_names(student.model), outputs, data.label_names)
+                check_labels(data.all_labels(), len(data.label_names or []) or outputs,
+                             lambda row: data.where(row, data.label_column))
 
     def __call__(self, model: torch.nn.Module, inputs: dict, targets: Any) -> tuple[torch.Tensor, dict[str, float]]:
         config = self.config
@@ -162,6 +165,9 @@ class Distiller:
 
         for item in (data, eval_data) if eval_data is not None else (data,):
             check_modality(student, item)
+            item.check_images()
+        # the labels are checked against the student's classes here, before anything is written
+        self.losses = LossComputer(student, teacher.model, data, config)
         self.student, self.teacher, self.data, self.out = student, teacher, data, Path(out)
         self.config, self.eval_data, self.progress, self.recipe = config, eval_data, progress, recipe
 
@@ -247,7 +253,7 @@ class Distiller:
                                       weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total))
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-        losses = LossComputer(self.student, teacher, self.data, config)
+        losses = self.losses
 
         state = {"step": 0, "best": None, "best_step": None, "before": None}
         if checkpoint is not None:

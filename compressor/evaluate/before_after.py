@@ -29,6 +29,7 @@ def check_eval_data(loaded: LoadedModel, data: LabelledData) -> None:
     anything slow; the model itself stands in as the reference a bare encoder is measured against."""
     check_modality(loaded, data)
     task_scorer(loaded, data, reference=loaded)
+    data.check_images()
 
 
 def metric_before_after(original: LoadedModel, compressed: LoadedModel, data: LabelledData, *,

@@ -14,7 +14,7 @@ import torch
 
 from compressor.data.loading import CLASSIFICATION, DETECTION, UNLABELLED, LabelledData
 from compressor.errors import CompressorError
-from compressor.evaluate.classification import TopKAccuracy, class_columns, model_label_names
+from compressor.evaluate.classification import TopKAccuracy, check_labels, class_columns, model_label_names
 from compressor.evaluate.coco import category_ids, coco_box_ap, to_coco_results
 from compressor.evaluate.fidelity import FidelityMeter
 from compressor.loaders.loaded_model import LoadedModel
@@ -40,6 +40,8 @@ class _ClassificationScorer:
         if not self.checked:
             self.columns = class_columns(model_label_names(self.loaded.model), logits.shape[-1],
                                          self.data.label_names)
+            check_labels(self.data.all_labels(), len(self.data.label_names or []) or logits.shape[-1],
+                         lambda row: self.data.where(row, self.data.label_column))
             self.checked = True
         if self.columns is not None:
             logits = logits[:, self.columns]
@@ -113,6 +115,7 @@ def evaluate(loaded: LoadedModel, data: LabelledData, *, reference: LoadedModel 
         check_modality(item, data)
         item.model.eval()
     scorer = task_scorer(loaded, data, reference)
+    data.check_images()
     fidelity = FidelityMeter() if reference is not None else None
     # a bare encoder's output is an embedding, not logits: no logit KL or top-1 agreement on it
     outputs_are = data.task if loaded.adapter.has_head() else "feature-extraction"
