@@ -337,6 +337,16 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}"
 
 
+def _describe_non_recipe(root: Located) -> str:
+    """What a top level that is not a mapping holds: quoted when it is made of pass names (a recipe written as a
+    list), otherwise only its kind, so that a file given by mistake is never printed."""
+    value = root.plain()
+    words = value if isinstance(value, list) else [value]
+    if words and all(isinstance(word, str) and word in PASSES for word in words):
+        return show_value(value)
+    return "a list" if root.kind == "seq" else "a single value"
+
+
 class _Validator:
     """Checks located recipe values against the pass registry, raising one-line `RecipeError`s."""
 
@@ -365,9 +375,15 @@ class _Validator:
         return entries
 
     def recipe(self, root: Located, source: str) -> Recipe:
+        # a file that is not a recipe at all (a credentials file, a config) is described, never quoted
         if root.kind != "map":
             self.fail(root, "", f"the recipe must be a mapping with `description` and stages (top-level keys "
-                                f"ending in {STAGE_SUFFIX}), got {show_value(root.plain())}")
+                                f"ending in {STAGE_SUFFIX}), got {_describe_non_recipe(root)}")
+        keys = [key.plain() for key, _ in root.value]
+        if all(isinstance(key, str) for key in keys) and "description" not in keys and \
+                not any(key.endswith(STAGE_SUFFIX) for key in keys):
+            self.fail(root, "", f"this file is not a recipe: it has neither `description` nor a stage (a top-level "
+                                f"key ending in {STAGE_SUFFIX}); give a built-in recipe name or a recipe file")
         description, stages = "", []
         for key, key_node, value in self.entries(root, ""):
             if key == "description":

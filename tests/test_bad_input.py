@@ -577,3 +577,28 @@ def test_overwrite_never_replaces_a_home_directory_even_one_that_looks_like_an_o
     status = main(["compress", str(hf_vit_dir), "--recipe", "act", "--out", str(home), "--overwrite", "--quiet"])
     assert_one_line_error(status, capsys.readouterr().err, "root or a home directory")
     assert tree(tmp_path) == before
+
+
+SECRET = "hf_SECRETVALUE123"
+
+
+@pytest.mark.parametrize("pointed_at", ["recipe: a text file", "recipe: a JSON file", "recipe: a YAML list",
+                                        "model: a JSON file as config.json"])
+def test_an_error_never_quotes_the_contents_of_an_unrelated_file(pointed_at, fixtures, tmp_path, monkeypatch,
+                                                                 capsys):
+    """Pointed by mistake at a credentials file, the toolkit says what the file is not, without printing it."""
+    monkeypatch.chdir(tmp_path)
+    secret_file = {"recipe: a text file": ("notes.txt", f"token={SECRET}\nuser: me\n"),
+                   "recipe: a JSON file": ("keys.json", json.dumps({"api_key": SECRET, SECRET: 1})),
+                   "recipe: a YAML list": ("keys.yaml", f"- {SECRET}\n"),
+                   "model: a JSON file as config.json": ("model/config.json",
+                                                         json.dumps({"model_type": SECRET, "token": SECRET}))}
+    name, text = secret_file[pointed_at]
+    (tmp_path / name).parent.mkdir(exist_ok=True)
+    (tmp_path / name).write_text(text)
+    argv = (_compress(f"{tmp_path}/model", "--recipe", "act") if name.startswith("model/")
+            else _compress(fixtures["vit"], "--recipe", str(tmp_path / name)))
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert_one_line_error(status, err, "")
+    assert SECRET not in err and "SECRETVALUE" not in err, err

@@ -40,12 +40,20 @@ def _model_directory(source: str, *, revision: str | None, token: str | None) ->
     return hub_file(source, CONFIG, revision=revision, token=token, kind=_KIND).parent, False
 
 
+def _known_model_types() -> set[str]:
+    from transformers import CONFIG_MAPPING
+
+    return set(CONFIG_MAPPING.keys())
+
+
 def _adapter_class_for(model_type: str | None, architecture: str | None, source: str) -> type[HFAdapter]:
     for cls in ADAPTER_CLASSES:
         if issubclass(cls, HFAdapter) and model_type in cls.model_types:
             return cls
-    found = f"model_type {model_type!r}" + (f" ({architecture})" if architecture else "")
-    raise UnsupportedModelError(f"{source} is a {found} model, which this toolkit does not support; supported: "
+    # named only when transformers knows it: a file that is not a model config is described, never quoted
+    found = (f"model_type {model_type!r}" + (f" ({architecture})" if architecture else "") + " model"
+             if model_type in _known_model_types() else "model of an unknown model_type")
+    raise UnsupportedModelError(f"{source} is a {found}, which this toolkit does not support; supported: "
                                 f"{SUPPORTED_FAMILIES}")
 
 
