@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -35,8 +35,8 @@ from compressor.version import __version__
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
-#: the safetensors metadata entry holding the sha256 of the resolved recipe the weights were written with
-RECIPE_DIGEST = "compressor_recipe_sha256"
+#: the `compression_config` entry holding the sha256 of the resolved recipe the weights were written with
+RECIPE_DIGEST = "recipe_sha256"
 RECIPE = "recipe.yaml"
 REPORT = "report.json"
 
@@ -65,6 +65,7 @@ def save(result, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
         result = copy.copy(result)
         result.recipe = result.recipe.without_distill()
     loaded = result.loaded
+    recipe_text = result.recipe.to_yaml()
     config = _base_config(loaded)
     config[COMPRESSION_KEY] = {
         "format": "compressor",
@@ -75,12 +76,12 @@ def save(result, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
         "base_model": loaded.base_model,
         "seed": result.seed,
         "recipe": RECIPE,
+        RECIPE_DIGEST: digest(recipe_text),
     }
     sources = (loaded.directory, loaded.source, loaded.base_model)
     with atomic_directory(out, overwrite=overwrite, sources=sources) as staging:
         (staging / "config.json").write_text(strict_json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-        recipe_text = result.recipe.to_yaml()
-        save_model(loaded.model, str(staging / WEIGHTS), metadata={"format": "pt", RECIPE_DIGEST: digest(recipe_text)})
+        save_model(loaded.model, str(staging / WEIGHTS), metadata={"format": "pt"})
         os.chmod(staging / WEIGHTS, 0o666 & ~current_umask())  # safetensors creates it 0600; the rest is 0644
         (staging / RECIPE).write_text(recipe_text)
         (staging / REPORT).write_text(strict_json.dumps(result.report, indent=2) + "\n")
@@ -139,7 +140,7 @@ def load_compressed(directory: str | os.PathLike, source: str | None = None) -> 
                           "by compress")
     apply_recipe(loaded, recipe, seed=meta["seed"], progress=False)
     _load_weights(model, directory / WEIGHTS)
-    _check_recipe_digest(directory, recipe)  # last: an edit that breaks the structure has its own message above
+    _check_recipe_digest(directory, recipe, meta)  # last: an edit that breaks the structure has its own message above
     model.eval()
     return loaded
 
@@ -148,15 +149,12 @@ def digest(recipe_text: str) -> str:
     return hashlib.sha256(recipe_text.encode()).hexdigest()
 
 
-def _check_recipe_digest(directory: Path, recipe: Recipe) -> None:
-    """The recipe.yaml must be the one the weights were written with: its resolved form's digest is in the
-    safetensors metadata (outputs older than the digest carry none and are taken as they are)."""
-    try:
-        with safe_open(str(directory / WEIGHTS), "pt") as weights:
-            recorded = (weights.metadata() or {}).get(RECIPE_DIGEST)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise SourceError(f"{directory / WEIGHTS} is corrupt or truncated ({str(error).splitlines()[0]}); "
-                          "re-download or re-run compress") from None
+def _check_recipe_digest(directory: Path, recipe: Recipe, meta: dict[str, Any]) -> None:
+    """The recipe.yaml must be the one the weights were written with: the digest of its resolved form is recorded
+    in config.json's `compression_config` (outputs older than the digest carry none and are taken as they are).
+    Not in the safetensors metadata: safetensors writes several metadata entries in a random order, which would
+    break byte-identical outputs."""
+    recorded = meta.get(RECIPE_DIGEST)
     if recorded is not None and recorded != digest(recipe.to_yaml()):
         raise SourceError(f"{directory / RECIPE} does not match the weights: it was changed after the model was "
                           "written; restore the recipe.yaml written with them, or re-run compress")
