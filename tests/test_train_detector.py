@@ -71,6 +71,7 @@ def test_export_loads_with_its_processor_and_keeps_val_canvases_at_their_size(qu
     info = json.loads((target / "train_info.json").read_text())
     assert info["steps"] == events(quick_run, "detector_train")[-1]["step"]
     assert set(info["val"]) >= {"AP", "AP50"}
+    assert info["data"]["encoder_tokens_at_val_size"] == (info["config"]["val_size"] // 8) ** 2  # stride 8
     assert model.config.id2label[0] == "airplane" and model.config.id2label[9] == "truck"
     size = info["config"]["val_size"]
     canvas = Image.open(next((quick_run / "val" / "val2017").glob("*.png")))
