@@ -112,3 +112,17 @@ def test_canvases_refuse_the_wrong_split():
     train_images = detector_canvases.CifarImages(*[None, None], split="train")
     with pytest.raises(ValueError, match="test split"):
         detector_canvases.write_coco_val(Path("/nonexistent"), source=train_images)
+
+
+def test_paper_init_spreads_the_reference_points_over_the_canvas():
+    """HF's N(0, 0.02) init puts every Conditional DETR reference point at the centre; the paper's does not."""
+    import torch
+
+    config = train_detector.RunConfig(**{**train_detector.QUICK, "queries": 30})
+    spreads = {}
+    for init in ("hf", "paper"):
+        model = train_detector.build_detector(train_detector.RunConfig(**{**vars(config), "init": init}))
+        with torch.no_grad():
+            points = model.model.decoder.ref_point_head(model.model.query_position_embeddings.weight).sigmoid()
+        spreads[init] = float(points.std(dim=0).min())
+    assert spreads["hf"] < 0.03 < 0.1 < spreads["paper"]
