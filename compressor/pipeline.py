@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from compressor.checked_numbers import check_seed
 from compressor.errors import CompressorError
 from compressor.evaluate.cost import count_flops, count_parameters, interleaved_latency_ms
 from compressor.evaluate.before_after import check_eval_data, load_eval_data, metric_before_after
@@ -77,7 +78,7 @@ def _load_evaluation_data(eval_data: str | None, eval_limit: int | None, progres
     if eval_limit is not None and eval_limit < 1:
         raise CompressorError(f"eval_limit must be at least 1, got {eval_limit}")
     with library_progress_bars(progress):
-        return load_eval_data(eval_data, eval_limit)
+        return load_eval_data(eval_data, eval_limit, progress=progress)
 
 
 def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequence[str] = (),
@@ -88,6 +89,7 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
              eval_limit: int | None = None) -> CompressionResult:
     """Load `source`, apply `recipe`, and measure params, FLOPs, latency and fidelity before and after; with
     `eval_data` (labelled data, `eval_limit` examples of it) also the task metric of both models."""
+    check_seed(seed, "seed")
     recipe = resolve_recipe(recipe, overrides)
     check_calibration_given(recipe, calib)
     evaluation_data = _load_evaluation_data(eval_data, eval_limit, progress)

@@ -602,3 +602,10 @@ def test_an_error_never_quotes_the_contents_of_an_unrelated_file(pointed_at, fix
     err = capsys.readouterr().err
     assert_one_line_error(status, err, "")
     assert SECRET not in err and "SECRETVALUE" not in err, err
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, True])
+def test_api_compress_refuses_a_seed_outside_32_bits_before_loading(seed):
+    with pytest.raises(CompressorError) as raised:
+        compressor.compress("/no/such/model", "act", seed=seed, progress=False)
+    assert "0 to 4,294,967,295" in _one_line(raised)

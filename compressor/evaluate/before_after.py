@@ -17,11 +17,12 @@ from compressor.sources import LoadedModel
 EMBEDDING_COSINE = "embedding_cosine"
 
 
-def load_eval_data(spec: str, limit: int | None) -> LabelledData:
-    """The labelled data `--eval-data` names, cut to `limit` examples: the seeded subset `evaluate --limit` takes."""
+def load_eval_data(spec: str, limit: int | None, *, progress: bool = False) -> LabelledData:
+    """The labelled data `--eval-data` names, cut to `limit` examples: the seeded subset `evaluate --limit` takes
+    (with `progress`, an image folder says how many images it found per class)."""
     from compressor.data.loading import load_labelled
 
-    return load_labelled(spec).subset(limit)
+    return load_labelled(spec, progress=progress).subset(limit)
 
 
 def check_eval_data(loaded: LoadedModel, data: LabelledData) -> None:
