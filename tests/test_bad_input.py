@@ -441,6 +441,9 @@ CASES = {
         ["sweep", str(f["vit"]), "--recipe", "act", "--grid", "act.rounds=4", "--data", "d.parquet", "--out",
          "out", "--overwrite", "--quiet"])[2], "not an earlier output of this toolkit"),
     # the distill step of a recipe
+    "distill step on an undecodable image, before compressing": (lambda w, f: _compress(
+        f["vit"], "--recipe", recipe_file(w, ACT + DISTILL_STEP), "--data", _image_folder(w, "bad.png", b"")),
+        "bad.png"),
     "distill step without data": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(
         w, ACT + DISTILL_STEP)), "needs training data"),
     "distill step before a pass": (lambda w, f: _compress(f["vit"], "--recipe", recipe_file(

@@ -56,7 +56,7 @@ class CompressCommand(Command):
         add_push_to_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from compressor.distill.recipe_stage import resolve_distill_step, run_distill_step
+        from compressor.distill.recipe_stage import check_distill_data, resolve_distill_step, run_distill_step
         from compressor.pipeline import compress, resolve_recipe
         from compressor.report import format_table
         from compressor.serialization import save
@@ -72,6 +72,7 @@ class CompressCommand(Command):
         distills = recipe.distill() is not None
         recipe = resolve_distill_step(recipe, out, data=args.data, eval_data=args.eval_data if distills else None,
                                       skip=args.no_distill, overwrite=args.overwrite)
+        check_distill_data(recipe)
         eval_limit = args.eval_limit
         if eval_limit is None and recipe.distill() is not None:
             eval_limit = recipe.distill().params.get("eval_limit")

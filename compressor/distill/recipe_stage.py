@@ -80,6 +80,21 @@ def resolve_distill_step(recipe: Recipe, out: Path, *, data: str | None, eval_da
     return recipe
 
 
+def check_distill_data(recipe: Recipe) -> None:
+    """Open the distill step's data now and read every image's header, so that bad training data is refused before
+    the passes run, not after minutes of compression (labels are checked against the model's classes when training
+    starts). A recipe without a distill step has nothing to check."""
+    from compressor.data.loading import load_labelled
+
+    spec = recipe.distill()
+    if spec is None:
+        return
+    params = spec.params
+    for key, limit in (("data", "limit"), ("eval_data", "eval_limit")):
+        if params[key] is not None:
+            load_labelled(params[key]).subset(params[limit]).check_images()
+
+
 def run_distill_step(result, out: Path, *, progress: bool = True, overwrite: bool = False,
                      revision: str | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
     """Train the compressed model in `result` (whose recipe ends with `distill`), then write the best to `out`."""
