@@ -31,17 +31,11 @@ def check_input_side(side: int, text: str) -> int:
     return side
 
 
-def refuse_non_finite_constant(where: str):
-    """A `parse_constant` hook for json.loads: NaN, Infinity and -Infinity are refused with one line."""
-    def refuse(constant: str) -> float:
-        raise SourceError(f"{where} holds {constant}, which is not a finite number; re-save the file (a model whose "
-                          "settings are not numbers cannot be trusted)")
-    return refuse
-
-
 def finite_json(text: str, where: str) -> Any:
     """json.loads, refusing NaN, Infinity and numbers too large for a float (`1e999`) with one line."""
-    refuse = refuse_non_finite_constant(where)
+    def refuse(literal: str) -> float:
+        raise SourceError(f"{where} holds {literal}, which is not a finite number; re-save the file (a model whose "
+                          "settings are not numbers cannot be trusted)")
 
     def finite_float(literal: str) -> float:
         value = float(literal)
