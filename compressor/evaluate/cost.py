@@ -47,12 +47,17 @@ def flop_counter() -> FlopCounterMode:
 
 
 @torch.no_grad()
-def count_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
-    """FLOPs of one forward on `inputs` (multiply-add = 2 FLOPs, torch's convention)."""
+def counted_forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> FlopCounterMode:
+    """The counter after one forward on `inputs`: totals, and per module (`get_flop_counts`)."""
     counter = flop_counter()
     with counter:
         model(**inputs)
-    return int(counter.get_total_flops()) + _uncounted_flops(model)
+    return counter
+
+
+def count_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
+    """FLOPs of one forward on `inputs` (multiply-add = 2 FLOPs, torch's convention)."""
+    return int(counted_forward(model, inputs).get_total_flops()) + _uncounted_flops(model)
 
 
 @torch.no_grad()

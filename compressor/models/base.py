@@ -93,6 +93,20 @@ class TokenLayout:
     text: bool = False
 
 
+#: (part, the children of the core module it holds) for the families a report splits into embeddings / blocks /
+#: head: transformers and timm ViT, DeiT, Swin and BERT (a name a model does not have is skipped)
+TRANSFORMER_PARTS = (
+    ("embeddings", ("embeddings", "patch_embed", "cls_token", "dist_token", "reg_token", "pos_embed",
+                    "absolute_pos_embed", "pos_drop", "patch_drop", "norm_pre")),
+    ("blocks", ("layers", "encoder", "blocks")),
+    ("head", ("layernorm", "pooler", "norm", "fc_norm", "attn_pool", "head_drop", "head", "head_dist")),
+)
+#: the same for ResNets (transformers, timm and the CIFAR layout): stem / stages / head
+RESNET_PARTS = (
+    ("stem", ("embedder", "conv1", "bn1", "act1", "maxpool")),
+    ("stages", ("encoder", "layer1", "layer2", "layer3", "layer4")),
+    ("head", ("pooler", "global_pool", "fc", "linear")),
+)
 
 
 class ModelAdapter(ABC):
@@ -223,7 +237,54 @@ class ModelAdapter(ABC):
         sites = self.token_reduction_blocks()
         return getattr(self.module(sites[0].name), "token_reducer", None) if sites else None
 
+    # --- where the cost is (the report's per-part table) -----------------------------------------------------------
+    #: (part, names of the core module's children or direct parameters it holds), in report order; an unlisted
+    #: child is a part of its own, and everything outside the core module belongs to `head_part`
+    cost_part_children: ClassVar[tuple[tuple[str, tuple[str, ...]], ...]] = ()
+    #: the part holding what lies outside the core module (task heads)
+    head_part: ClassVar[str] = "head"
+
+    def core_module(self) -> str:
+        """The qualified name of the module holding the model's body, "" for the root (timm models)."""
+        return ""
+
+    def cost_parts(self) -> list[tuple[str, tuple[str, ...]]]:
+        """The model's top-level parts in order, each as (name, qualified prefixes of modules or parameters), so
+        that a report says where params and FLOPs are. The parts are disjoint and cover the model: every child
+        and direct parameter of the core module falls in its `cost_part_children` part (or a part of its own), and
+        what lies outside the core (task heads beside a base model) in `head_part`."""
+        core = self.core_module()
+        body = self.module(core) if core else self.model
+        listed = {child: part for part, children in type(self).cost_part_children for child in children}
+        members: dict[str, list[str]] = {part: [] for part, _ in type(self).cost_part_children}
+        local = _present(body._modules) + _present(body._parameters)
+        for name in local:
+            members.setdefault(listed.get(name, name), []).append(f"{core}.{name}" if core else name)
+        outside = _outside_of(self.model, core)
+        if outside:
+            members[self.head_part] = members.pop(self.head_part, []) + outside
+        return [(part, tuple(prefixes)) for part, prefixes in members.items() if prefixes]
+
     def describe_input(self, inputs: dict[str, torch.Tensor]) -> str:
         """A short human description of an input, e.g. "1×3×800×1066" for the report."""
         main = next((inputs[k] for k in ("pixel_values", "input_ids") if k in inputs), next(iter(inputs.values())))
         return "×".join(str(s) for s in main.shape)
+
+
+def _outside_of(model: nn.Module, core: str) -> list[str]:
+    """Qualified names of the children and direct parameters of every module above `core` that do not lead to it
+    (the heads a task model puts beside its base model), in registration order."""
+    found: list[str] = []
+    path = core.split(".") if core else []
+    module = model
+    for depth, step in enumerate(path):
+        prefix = ".".join(path[:depth])
+        qualify = (lambda name: f"{prefix}.{name}") if prefix else (lambda name: name)
+        found += [qualify(name) for name in _present(module._modules) + _present(module._parameters) if name != step]
+        module = module._modules[step]
+    return found
+
+
+def _present(registered: dict[str, Any]) -> list[str]:
+    """The names a module registered with a value (a child or parameter can be registered as None)."""
+    return [name for name, value in registered.items() if value is not None]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from compressor.errors import CompressorError
-from compressor.models.base import AttentionSite, BlockSite, FFNSite, TokenLayout
+from compressor.models.base import AttentionSite, BlockSite, FFNSite, TRANSFORMER_PARTS, TokenLayout
 from compressor.models.hf_common import HFAdapter
 from compressor.models.patches.transformers import TOKEN_REDUCING_BERT_LAYER
 
@@ -39,6 +39,7 @@ class HFBertAdapter(HFAdapter):
     task = "feature-extraction"
     model_types = ("bert",)
     processor_kind = "tokenizer"
+    cost_part_children = TRANSFORMER_PARTS
 
     def _layers(self) -> list[str]:
         from transformers.models.bert.modeling_bert import BertLayer

@@ -141,6 +141,11 @@ class HFAdapter(ModelAdapter):
     def config(self):
         return self.model.config
 
+    def core_module(self) -> str:
+        """The base model a task model wraps (`vit` in ViTForImageClassification), "" for a bare base model."""
+        prefix = getattr(self.model, "base_model_prefix", "")
+        return prefix if prefix and isinstance(getattr(self.model, prefix, None), nn.Module) else ""
+
     # --- sites ---------------------------------------------------------------------------------------------------
     def named_modules_of_type(self, *types: type) -> list[tuple[str, nn.Module]]:
         """Modules of the given classes with their qualified names, in registration (= forward) order."""

@@ -46,6 +46,18 @@ class HFDetrAdapter(HFVisionAdapter):
     task = "object-detection"
     model_types = ("detr",)
     default_image_size = COCO_BENCHMARK_SIZE
+    #: the report's parts; the input projection and sine positions feed the encoder, the object queries the heads
+    cost_part_children = (("backbone", ("backbone",)),
+                          ("encoder", ("input_projection", "position_embedding", "encoder")),
+                          ("decoder", ("decoder",)),
+                          ("heads", ("query_position_embeddings",)))
+    head_part = "heads"
+
+    def core_module(self) -> str:
+        """The DetrModel (the root, `model`, or `detr.model` under DetrForSegmentation): backbone, encoder and
+        decoder are its children."""
+        return next(name for name, module in self.model.named_modules()
+                    if {"backbone", "encoder", "decoder"} <= set(module._modules))
 
     def _layers(self) -> list[tuple[str, str, int]]:
         """(stack, layer name, index within the stack) for every encoder then decoder layer."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from compressor.errors import CompressorError
-from compressor.models.base import AttentionKernel, AttentionSite, BlockSite, FFNSite, TokenLayout
+from compressor.models.base import AttentionKernel, AttentionSite, BlockSite, FFNSite, RESNET_PARTS, TokenLayout
 from compressor.models.hf_common import HFVisionAdapter
 
 
@@ -26,6 +26,7 @@ class HFResNetAdapter(HFVisionAdapter):
     display_name = "ResNet (transformers)"
     task = "image-classification"
     model_types = ("resnet",)
+    cost_part_children = RESNET_PARTS
 
     def attention_sites(self) -> list[AttentionSite]:
         return []

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from compressor.models.base import AttentionSite, BlockSite, FFNSite, TokenLayout
+from compressor.models.base import AttentionSite, BlockSite, FFNSite, TRANSFORMER_PARTS, TokenLayout
 from compressor.models.hf_common import HFVisionAdapter, as_pair
 from compressor.models.patches.transformers import TOKEN_REDUCING_SWIN_LAYER
 
@@ -29,6 +29,7 @@ class HFSwinAdapter(HFVisionAdapter):
     display_name = "Swin (transformers)"
     task = "image-classification"
     model_types = ("swin",)
+    cost_part_children = TRANSFORMER_PARTS
 
     def _blocks_by_stage(self) -> list[tuple[str, int, str]]:
         """(stack, index within stage, block name) for every SwinLayer, in forward order."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from compressor.models.base import AttentionSite, BlockSite, FFNSite, TokenLayout
+from compressor.models.base import AttentionSite, BlockSite, FFNSite, TRANSFORMER_PARTS, TokenLayout
 from compressor.models.hf_common import HFVisionAdapter, as_pair
 from compressor.models.patches.transformers import TOKEN_REDUCING_VIT_LAYER
 
@@ -36,6 +36,7 @@ class HFViTAdapter(HFVisionAdapter):
     display_name = "ViT/DeiT (transformers)"
     task = "image-classification"
     model_types = ("vit", "deit")
+    cost_part_children = TRANSFORMER_PARTS
 
     def _layers(self) -> list[tuple[str, Any]]:
         return self.named_modules_of_type(*_layer_classes())

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from compressor.errors import CompressorError
-from compressor.models.base import AttentionKernel, AttentionSite, BlockSite, FFNSite, ModelAdapter
+from compressor.models.base import (AttentionKernel, AttentionSite, BlockSite, FFNSite, ModelAdapter,
+                                    TRANSFORMER_PARTS)
 from compressor.models.patches.timm import KERNEL_ATTENTION
 
 
@@ -108,6 +109,7 @@ class TimmTransformerAdapter(TimmAdapter):
 
     #: "global" or "window", for every attention site of the family
     attention_scope: ClassVar[str]
+    cost_part_children = TRANSFORMER_PARTS
 
     @abstractmethod
     def named_blocks(self) -> Iterator[tuple[str, int, str, nn.Module]]:

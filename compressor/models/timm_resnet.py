@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from compressor.models.base import AttentionSite, BlockSite, FFNSite, TokenLayout
+from compressor.models.base import AttentionSite, BlockSite, FFNSite, RESNET_PARTS, TokenLayout
 from compressor.models.timm_common import TimmAdapter, timm_is_loaded
 
 #: the stage modules of timm's ResNet, named as its checkpoints require
@@ -24,6 +24,7 @@ class TimmResNetAdapter(TimmAdapter):
     family: ClassVar[str] = "timm-resnet"
     display_name: ClassVar[str] = "ResNet (timm)"
     timm_modules: ClassVar[tuple[str, ...]] = ("resnet",)
+    cost_part_children = RESNET_PARTS
 
     @classmethod
     def handles(cls, model: nn.Module) -> bool:
