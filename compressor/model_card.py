@@ -15,7 +15,7 @@ import yaml
 
 from compressor.errors import SourceError
 from compressor.loaders.hub_files import hub_file
-from compressor.report import describe_metric_data, metric_rows, pass_cost
+from compressor.report import PART_HEADER, describe_metric_data, metric_rows, part_rows, pass_cost
 
 #: report entries shaped {"before": x, "after": y} that get their own row, in this order, with their unit
 _COST_ROWS = (("params", "parameters", "M", 1e-6), ("flops", "FLOPs", "G", 1e-9), ("latency_ms", "latency", "ms", 1))
@@ -98,6 +98,16 @@ def _markdown_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def parts_section(report: dict[str, Any]) -> str:
+    """`### Where the cost is`: params and FLOPs per top-level part before and after ("" for older reports)."""
+    rows = part_rows(report)
+    if not rows:
+        return ""
+    return ("\n### Where the cost is\n\nParameters and FLOPs per top-level part of the model, on the same input; the "
+            "share is the\npart's fraction of all FLOPs, before → after.\n\n" + _markdown_table(rows, PART_HEADER)
+            + "\n")
 
 
 def _pass_lines(report: dict[str, Any]) -> str:
@@ -213,7 +223,7 @@ Measured in one run, on {measured_on} (CPU, {report['environment']['threads']} t
 model's).
 
 {_markdown_table(before_after_rows(report), ("", "before", "after", "after/before"))}
-{_metric_note(report)}
+{_metric_note(report)}{parts_section(report)}
 {evaluation_section(report.get("evaluation", []))}{distillation_section(report.get("distillation"))}
 ## How to load
 

@@ -17,7 +17,8 @@ from torch import nn
 
 from compressor.checked_numbers import check_seed
 from compressor.errors import CompressorError
-from compressor.evaluate.cost import count_flops, count_parameters, interleaved_latency_ms
+from compressor.evaluate.cost import interleaved_latency_ms
+from compressor.evaluate.cost_parts import measure_cost
 from compressor.evaluate.before_after import check_eval_data, load_eval_data, metric_before_after
 from compressor.evaluate.fidelity import mean_cosine, primary_outputs
 from compressor.library_progress import library_progress_bars
@@ -25,7 +26,7 @@ from compressor.loaders.loaded_model import LoadedModel
 from compressor.passes import PassContext
 from compressor.recipe import Recipe
 from compressor.recipe_runner import PassStep, apply_recipe, check_calibration_given, fit_recipe, log
-from compressor.report import attribute_costs, environment
+from compressor.report import attribute_costs, cost_by_part, environment
 from compressor.sources import load_source
 
 
@@ -112,25 +113,25 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
         adapter.example_inputs(batch_size=1, size=input_size, seed=seed)
     original = copy.deepcopy(model)
     log(f"measuring the original {adapter.display_name} on {adapter.describe_input(example)}", progress)
-    params_before = count_parameters(model)
-    flops_before = count_flops(model, example)
+    costs = [measure_cost(adapter, example)]  # and after each pass, on the same example: savings per pass add up
+    params_before, flops_before = costs[0].params, costs[0].flops
     reference = primary_outputs(model, adapter, [example])
     calibration_reference = primary_outputs(model, adapter, calibration) if calibration else None
 
     context = PassContext(seed=seed, calibration=calibration, progress=progress, calibration_source=calib,
                           example=example)
-    costs = [(params_before, flops_before)]  # after each pass, on the same example: savings per pass add up
     resolved, applied = apply_recipe(loaded, recipe, seed, context, progress, after_each=lambda _: costs.append(
-        (count_parameters(model), count_flops(model, example))), steps=steps)
+        measure_cost(loaded.adapter, example)), steps=steps)
 
     log("measuring the compressed model", progress)
-    params_after, flops_after = costs[-1]
+    params_after, flops_after = costs[-1].params, costs[-1].flops
     fidelity = {"example_cosine": mean_cosine(reference, primary_outputs(model, adapter, [example]))}
     if calibration:
         fidelity["calibration_cosine"] = mean_cosine(calibration_reference,
                                                      primary_outputs(model, adapter, calibration))
     statistics_batches = calibration or [example]
-    passes = attribute_costs(_pass_statistics(applied, loaded, statistics_batches), costs)
+    passes = attribute_costs(_pass_statistics(applied, loaded, statistics_batches),
+                             [(cost.params, cost.flops) for cost in costs])
     latency_before, latency_after = interleaved_latency_ms([original, model], example, runs=latency_runs)
     kept = original if resolved.distill() is not None else None
     metrics = None
@@ -154,6 +155,7 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
         if calibration else None,
         "params": {"before": params_before, "after": params_after},
         "flops": {"before": flops_before, "after": flops_after},
+        "parts": cost_by_part(costs[0].parts, costs[-1].parts),
         "latency_ms": {"before": latency_before, "after": latency_after, "runs": latency_runs},
         "fidelity": fidelity,
         "passes": passes,

@@ -40,6 +40,43 @@ def attribute_costs(entries: list[dict[str, Any]], costs: list[tuple[int, int]])
     return entries
 
 
+def cost_by_part(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The report's `parts` table from the per-part costs (part -> {"params", "flops"}) of the original and the
+    compressed model: per part, params and FLOPs before and after and their after/before `ratio` (null where the
+    part had none). A part empty on both sides is left out."""
+    empty = {"params": 0, "flops": 0}
+    table = {}
+    for part in dict.fromkeys([*before, *after]):
+        old, new = before.get(part, empty), after.get(part, empty)
+        if any(old.values()) or any(new.values()):
+            table[part] = {key: {"before": old[key], "after": new[key]} for key in ("params", "flops")}
+            table[part]["ratio"] = {key: round(new[key] / old[key], 4) if old[key] else None
+                                    for key in ("params", "flops")}
+    return table
+
+
+#: the columns of `part_rows`
+PART_HEADER = ("part", "params before", "after", "after/before", "FLOPs before", "after", "after/before",
+               "FLOPs share")
+
+
+def part_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Per part of the model (see PART_HEADER): where params and FLOPs were and are, and what the recipe changed;
+    the share is the part's fraction of all FLOPs, before → after. Empty for reports without a `parts` table."""
+    rows = []
+    for part, entry in report.get("parts", {}).items():
+        params, flops = entry["params"], entry["flops"]
+        share = " → ".join(_share(flops[side], report["flops"][side]) for side in ("before", "after"))
+        rows.append((part, _millions(params["before"]), _millions(params["after"]),
+                     _ratio(params["before"], params["after"]), _giga(flops["before"]), _giga(flops["after"]),
+                     _ratio(flops["before"], flops["after"]), share))
+    return rows
+
+
+def _share(flops: int, total: int) -> str:
+    return f"{100 * flops / total:.1f}%" if total else "-"
+
+
 def pass_cost(entry: dict[str, Any]) -> str:
     """What one pass saved, in a line: `params 2.690 M → 1.880 M (×0.699), FLOPs ...` (empty for older reports)."""
     parts = []
@@ -93,10 +130,9 @@ def format_table(report: dict[str, Any]) -> str:
         if isinstance(value, float):
             rows.append((key.replace("_", " "), "1", f"{value:.4f}", ""))
     rows += metric_rows(report)
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
-             for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = _aligned(rows)
+    if part_rows(report):
+        lines += [""] + _aligned([PART_HEADER] + part_rows(report))
     for entry in report.get("passes", []):
         lines.append("")
         lines.append(f"{entry['name']} ({entry['stage']}): {len(entry['sites'])} sites")
@@ -112,6 +148,15 @@ def format_table(report: dict[str, Any]) -> str:
     if describe_metric_data(report):
         lines.append(describe_metric_data(report) + "; for them the last column is after - before")
     return "\n".join(lines)
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """A text table: the first row a header underlined, the first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
 
 
 def describe_distillation(summary: dict[str, Any]) -> str:
