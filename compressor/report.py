@@ -63,13 +63,14 @@ PART_HEADER = ("part", "params before", "after", "after/before", "FLOPs before",
 def part_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
     """Per part of the model (see PART_HEADER): where params and FLOPs were and are, and what the recipe changed;
     the share is the part's fraction of all FLOPs, before → after. Empty for reports without a `parts` table."""
+    flops_unit = _giga if report["flops"]["before"] >= 1e9 else _millions  # small parts of a small model stay legible
     rows = []
     for part, entry in report.get("parts", {}).items():
         params, flops = entry["params"], entry["flops"]
         share = " → ".join(_share(flops[side], report["flops"][side]) for side in ("before", "after"))
         rows.append((part, _millions(params["before"]), _millions(params["after"]),
-                     _ratio(params["before"], params["after"]), _giga(flops["before"]), _giga(flops["after"]),
-                     _ratio(flops["before"], flops["after"]), share))
+                     _ratio(params["before"], params["after"]), flops_unit(flops["before"]),
+                     flops_unit(flops["after"]), _ratio(flops["before"], flops["after"]), share))
     return rows
 
 
