@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from torch import nn
 
 import compressor
 from compressor.cli import main
 from compressor.evaluate.cost import count_flops, count_parameters
 from compressor.evaluate.cost_parts import OTHER, measure_cost
 from compressor.model_card import render_model_card
+from compressor.models import adapter_for
 from compressor.recipe import Recipe
 from compressor.report import format_table
 from compressor.sources import load_source
@@ -46,6 +49,51 @@ def test_parts_cover_every_parameter_and_flop_exactly_once(fixture, request):
     assert sum(part["flops"] for part in cost.parts.values()) == cost.flops == count_flops(loaded.model, example)
     assert all(part["params"] > 0 and part["flops"] > 0 for name, part in cost.parts.items()
                if name != "embeddings" or "bert" not in fixture)  # BERT's embeddings are lookups: no FLOPs
+
+
+def test_detr_with_a_timm_backbone_splits_the_same_way():
+    """facebook/detr-resnet-50's layout (timm backbone), shrunk: the backbone part holds the whole timm ResNet."""
+    from transformers import DetrConfig, DetrForObjectDetection
+
+    torch.manual_seed(0)
+    model = DetrForObjectDetection(DetrConfig(
+        use_timm_backbone=True, backbone="resnet18", use_pretrained_backbone=False, d_model=32, encoder_layers=1,
+        decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10)).eval()
+    example = {"pixel_values": torch.randn(1, 3, 64, 64)}
+    cost = measure_cost(adapter_for(model), example)
+    assert list(cost.parts) == ["backbone", "encoder", "decoder", "heads"]
+    assert cost.parts["backbone"]["params"] == count_parameters(model.model.backbone)
+    assert sum(part["flops"] for part in cost.parts.values()) == cost.flops == count_flops(model, example)
+
+
+class _RootWork(nn.Module):
+    """A model whose root does work of its own: a parameter and a matrix product outside every child."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.ones(4, 4))
+
+    def forward(self, x):
+        return self.body(x) @ self.scale
+
+
+class _BodyOnly:
+    display_name = "test model"
+
+    def __init__(self, model):
+        self.model = model
+
+    def cost_parts(self):
+        return [("body", ("body",))]
+
+
+def test_what_no_part_holds_is_listed_as_other():
+    model = _RootWork()
+    cost = measure_cost(_BodyOnly(model), {"x": torch.randn(2, 4)})
+    assert cost.parts == {"body": {"params": 20, "flops": 2 * 2 * 4 * 4},
+                          OTHER: {"params": 16, "flops": 2 * 2 * 4 * 4}}
+    assert cost.params == 36 and cost.flops == 128
 
 
 def test_a_kernels_uncounted_flops_go_to_the_part_holding_it(hf_detr_dir):
