@@ -278,9 +278,8 @@ def _outside_of(model: nn.Module, core: str) -> list[str]:
     path = core.split(".") if core else []
     module = model
     for depth, step in enumerate(path):
-        prefix = ".".join(path[:depth])
-        qualify = (lambda name: f"{prefix}.{name}") if prefix else (lambda name: name)
-        found += [qualify(name) for name in _present(module._modules) + _present(module._parameters) if name != step]
+        prefix = "".join(f"{above}." for above in path[:depth])
+        found += [prefix + name for name in _present(module._modules) + _present(module._parameters) if name != step]
         module = module._modules[step]
     return found
 
