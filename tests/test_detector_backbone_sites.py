@@ -119,3 +119,31 @@ def test_a_target_that_selects_nothing_in_the_backbone_fails_with_one_line(backb
     code = main(["compress", str(source), "--recipe", "act", "--set", f"act.targets=[{IN_BACKBONE}]", "--quiet"])
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1 and "matches no act site" in error
+
+
+# --- detr-max and detr-r50-backbone: the passes go where the cost is ------------------------------------------------
+COCO_IMAGE = "coco-fixture/000000039769.png"
+
+
+@pytest.mark.parametrize("recipe", ["detr-max", "detr-r50-backbone"])
+def test_detector_recipes_prune_the_backbone_with_taylor_importance_and_reload(recipe, detr_timm_backbone_dir,
+                                                                               tmp_path):
+    """On DETR's own backbone (timm ResNet, frozen batch norms): the backbone loses most of its FLOPs, ranked by
+    Taylor importance on the calibration image, and the saved model reloads with identical outputs."""
+    from shared_assets import shared
+
+    result = compressor.compress(detr_timm_backbone_dir, recipe, calib=str(shared(COCO_IMAGE)),
+                                 overrides=["compress_stage.act.rounds=4"] if recipe == "detr-max" else [],
+                                 progress=False, latency_runs=1)
+    prune = result.report["passes"][0]
+    assert prune["name"] == "prune" and prune["summary"]["importance"] == "taylor"
+    plan = result.recipe.to_dict()["compress_stage"]["prune"]["plan"]
+    assert any(name.startswith("model.backbone.model.layer") for name in plan)
+    assert any(name.endswith(".mlp.fc1") for name in plan) == (recipe == "detr-max")
+    assert result.report["flops"]["after"] < 0.55 * result.report["flops"]["before"]
+    assert _reload_difference(result, tmp_path) == 0.0
+
+
+def test_auto_importance_is_magnitude_without_calibration_data(detr_resnet_backbone_dir):
+    result = _compress(detr_resnet_backbone_dir, {"prune": {"targets": [IN_BACKBONE], "importance": "auto"}})
+    assert result.report["passes"][0]["summary"]["importance"] == "magnitude"
