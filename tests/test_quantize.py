@@ -16,6 +16,7 @@ from compressor.errors import RecipeError
 from compressor.ops.int8_conv2d import Int8Conv2d
 from compressor.ops.int8_linear import Int8Linear
 from compressor.ops.int8_weights import dequantize, quantize_per_channel
+from compressor.ops.tied_layers import TiedConv2d, TiedLinear
 from compressor.recipe import Recipe
 from compressor.report import format_table
 from compressor.sources import load_source
@@ -148,21 +149,38 @@ def test_targets_that_cannot_be_quantized_are_refused_with_the_reason(hf_vit_dir
 
 
 def test_quantize_composes_after_every_pass_and_reloads_exactly(hf_vit_dir, tmp_path):
-    """prune, tied FFNs, ACT and ToMe, then int8: tied layers stay float and tied, listed with the reason."""
+    """prune, tied FFNs, ACT and ToMe, then int8: a tied weight is quantized once (in its owner) and stays tied."""
     recipe = _recipe(compress_stage={"prune": {"ratio": 0.25}, "tied_weights": {"parts": ["ffn"], "fit_steps": 0},
                                      "act": {"rounds": 4}, "token_merge": {"r": 2}, "quantize": None})
     result = compressor.compress(hf_vit_dir, recipe, progress=False, latency_runs=1)
     entry = result.report["passes"][-1]
-    assert any("its weight is tied" in reason for reason in entry["statistics"]["left_float"].values())
-    assert any("a tied layer reads its weight" in reason for reason in entry["statistics"]["left_float"].values())
+    assert any("borrows" in reason for reason in entry["statistics"]["left_float"].values())
     assert "left float" in format_table(result.report)
-    reloaded = load_source(compressor.save(result, tmp_path / "out"))
+    out = compressor.save(result, tmp_path / "out")
+    reloaded = load_source(out)
     assert torch.equal(_outputs(result.loaded, result.model), _outputs(reloaded, reloaded.model))
     assert sum(isinstance(m, Int8Linear) for m in reloaded.model.modules()) == len(entry["statistics"]["quantized"])
+    modules = list(reloaded.model.modules())
+    tied = {name: m for name, m in reloaded.model.named_modules() if isinstance(m, TiedLinear)}
+    assert tied and all(isinstance(m.source.owner, Int8Linear) and any(m.source.owner is o for o in modules)
+                        for m in tied.values())
+    layer = next(iter(tied.values()))
+    assert torch.equal(layer.source(), layer.source.owner.dequantized_weight().t())  # reads the int8 weight
+    with safe_open(str(out / "model.safetensors"), "pt") as weights:
+        assert not any(f"{name}.weight" in weights.keys() for name in tied)  # stored once, in the owner
 
 
 def test_quantize_after_token_clip_reloads_exactly(hf_vit_dir, tmp_path):
     recipe = _recipe(compress_stage={"token_clip": None, "quantize": {"activations": "none"}})
     result = compressor.compress(hf_vit_dir, recipe, progress=False, latency_runs=1)
+    reloaded = load_source(compressor.save(result, tmp_path / "out"))
+    assert torch.equal(_outputs(result.loaded, result.model), _outputs(reloaded, reloaded.model))
+
+
+def test_tied_convolutions_read_their_quantized_owner_and_reload_exactly(resnet20_dir, tmp_path):
+    recipe = _recipe(compress_stage={"tied_weights": {"parts": ["convs"], "init": "closed_form"}, "quantize": None})
+    result = compressor.compress(resnet20_dir, recipe, progress=False, latency_runs=1)
+    tied = [m for m in result.model.modules() if isinstance(m, TiedConv2d)]
+    assert tied and all(isinstance(m.source.owner, Int8Conv2d) for m in tied)
     reloaded = load_source(compressor.save(result, tmp_path / "out"))
     assert torch.equal(_outputs(result.loaded, result.model), _outputs(reloaded, reloaded.model))

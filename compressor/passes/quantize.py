@@ -5,6 +5,9 @@ A rewrite, like the other passes: the plan names each layer quantized and how, s
 same layers (of the shapes earlier passes left, e.g. pruned) before loading the int8 tensors and scales. The
 quantization itself is the rewrite (deterministic, from the weights the layer holds); on reload the saved int8
 tensors replace what it computed from the freshly built weights. `bits: 32` leaves the model unchanged.
+
+After `tied_weights`, a tied weight is quantized once, in the layer that owns it; the tied layers that borrow it are
+pointed at the int8 owner and compute with its dequantized weight, so the tie is kept and stored once.
 """
 
 from __future__ import annotations
@@ -28,25 +31,31 @@ LAYER_KINDS = {"linear": nn.Linear, "conv2d": nn.Conv2d}
 _TIED = (TiedLinear, TiedConv2d, TiedQKV)
 
 
-def _borrowed_owners(model: nn.Module) -> set[int]:
-    """ids of the modules whose weight a tied layer reads (`BorrowedWeight`)."""
-    return {id(value.owner) for module in model.modules() for value in vars(module).values()
-            if isinstance(value, BorrowedWeight)}
+def _borrowed_weights(model: nn.Module) -> list[BorrowedWeight]:
+    """Every reference a tied layer holds to another layer's weight."""
+    return [value for module in model.modules() for value in vars(module).values() if isinstance(value, BorrowedWeight)]
+
+
+def _retarget_ties(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Tied layers that read `old`'s weight read `new`'s (its int8 form): quantized once, the tie is kept."""
+    for borrowed in _borrowed_weights(model):
+        if borrowed.owner is old:
+            borrowed.owner = new
 
 
 #: Hugging Face image transformers cast their pixel values to the dtype of this layer's weight
 _DTYPE_READ_BY_PARENT = "patch_embeddings.projection"
 
 
-def why_not_quantizable(name: str, module: nn.Module, kinds: list[str], borrowed: set[int]) -> str | None:
+def why_not_quantizable(name: str, module: nn.Module, kinds: list[str]) -> str | None:
     """Why this weight layer is left float (None: it is quantized)."""
     if isinstance(module, (Int8Linear, Int8Conv2d)):
         return "already int8 (a recipe quantizes once)"
+    if isinstance(module, TiedQKV):
+        return "a tied fused qkv projection (tied_weights): its two square matrices stay float"
     if isinstance(module, _TIED):
-        return ("its weight is tied to another layer's (tied_weights): one int8 matrix cannot carry per-row scales "
-                "for both W and Wᵀ; it stays float and tied")
-    if id(module) in borrowed:
-        return "a tied layer reads its weight (tied_weights); it stays float to keep the tie"
+        return (f"borrows {module.source!r} (tied_weights): it computes with its owner's weight, int8 where the "
+                "owner is quantized, stored once")
     kind = next((name for name, cls in LAYER_KINDS.items() if type(module) is cls), None)
     if kind is None:
         return (f"a {type(module).__name__}, a subclass of a Linear/Conv2d whose parent may read its float weight "
@@ -102,10 +111,9 @@ class QuantizePass(Pass):
     def _split(self, adapter: ModelAdapter, sites: list[ModuleSite],
                params: dict[str, Any]) -> tuple[list[ModuleSite], dict[str, str]]:
         """(sites to quantize, {site left float: why})."""
-        borrowed = _borrowed_owners(adapter.model)
         chosen, left = [], {}
         for site in sites:
-            reason = why_not_quantizable(site.name, adapter.module(site.name), params["layers"], borrowed)
+            reason = why_not_quantizable(site.name, adapter.module(site.name), params["layers"])
             if reason is None:
                 chosen.append(site)
             else:
@@ -150,6 +158,7 @@ class QuantizePass(Pass):
                 new = (Int8Linear.from_float(module, settings["activations"]) if expected is nn.Linear
                        else Int8Conv2d(module))
             replace_module(adapter.model, name, new)
+            _retarget_ties(adapter.model, module, new)
         self.bytes = (before, _tensor_bytes(adapter.model))
 
     # --- report ------------------------------------------------------------------------------------------------
