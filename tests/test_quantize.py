@@ -118,6 +118,7 @@ def test_reload_gives_identical_outputs_from_int8_tensors_in_the_file(fixture, a
     assert sorted(t for group in config["config_groups"].values() for t in group["targets"]) == sorted(quantized)
     card = (out / "README.md").read_text()
     assert "bits: 8" in card and "weights in model.safetensors" in card
+    assert ("compressed-tensors" in card) == (fixture == "hf_vit_dir")  # what plain transformers does with it
 
 
 def test_resnet_convolutions_are_quantized_weight_only_and_linear_layers_dynamic(timm_resnet_dir):
