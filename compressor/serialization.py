@@ -28,6 +28,7 @@ from compressor.loaders.hub_files import hub_snapshot
 from compressor.loaders.loaded_model import LoadedModel
 from compressor.model_card import render_model_card
 from compressor.models import adapter_for
+from compressor.ops.int8_format import QUANTIZATION_KEY, quantization_config
 from compressor.output_guard import COMPRESSION_KEY
 from compressor.recipe import Recipe
 from compressor.recipe_runner import apply_recipe
@@ -78,6 +79,7 @@ def save(result, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
         "recipe": RECIPE,
         RECIPE_DIGEST: digest(recipe_text),
     }
+    config.update(quantization_config(loaded.model))  # int8 layers, described as compressed-tensors does
     sources = (loaded.directory, loaded.source, loaded.base_model)
     with atomic_directory(out, overwrite=overwrite, sources=sources) as staging:
         (staging / "config.json").write_text(strict_json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
@@ -118,6 +120,7 @@ def load_compressed(directory: str | os.PathLike, source: str | None = None) -> 
     directory = Path(directory)
     config = read_config(directory)
     meta = _compression_meta(directory, config)
+    config.pop(QUANTIZATION_KEY, None)  # describes the int8 layers the recipe's plan rebuilds; not the architecture's
     if meta["format_version"] > FORMAT_VERSION:
         raise SourceError(f"{directory} was written by compressor {meta.get('compressor_version')} (format "
                           f"{meta.get('format_version')}); upgrade compressor to load it")

@@ -70,15 +70,24 @@ class BorrowedWeight:
         self.owner, self.name, self.transposed = owner, name, transposed
         self.derived = DerivedWeight()
 
+    def _stored(self) -> tuple[torch.Tensor, ...]:
+        """The owner's tensors the weight comes from: the parameter, and its scales when the owner is int8."""
+        weight = getattr(self.owner, self.name)
+        return (weight,) if weight.is_floating_point() else (weight, self.owner.weight_scale)
+
     def __call__(self) -> torch.Tensor:
         weight = getattr(self.owner, self.name)
+        if not weight.is_floating_point():  # an int8 owner (quantize): the tie reads the weight it stands for
+            weight = self.owner.dequantized_weight()
         return adjoint(weight) if self.transposed else weight
 
     def for_forward(self, layer: nn.Module) -> torch.Tensor:
-        """The weight for `layer`'s forward: a transpose is reused at inference while the owner's is unchanged."""
-        if not self.transposed:
-            return getattr(self.owner, self.name)
-        return self.derived(layer, (getattr(self.owner, self.name),), self)
+        """The weight for `layer`'s forward: a transpose (or an int8 owner's dequantized weight) is reused at
+        inference while the owner's is unchanged."""
+        stored = self._stored()
+        if not self.transposed and len(stored) == 1:
+            return stored[0]
+        return self.derived(layer, stored, self)
 
     def __repr__(self) -> str:
         return f"{'T(' if self.transposed else ''}{type(self.owner).__name__}.{self.name}{')' if self.transposed else ''}"

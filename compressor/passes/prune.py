@@ -43,6 +43,7 @@ class PrunePass(Pass):
                         "follow (a ViT is left unpruned, a ResNet no longer runs); put prune before tied_weights",
         "token_clip": "Torch-Pruning's dependency search does not end (over 20 min on a 4-layer ViT) through the "
                       "gathers and scatters of clipping; put prune before token_clip",
+        "quantize": "int8 layers are no Linear/Conv2d layers Torch-Pruning can shrink; put prune before quantize",
     }
     params = {
         "ratio": Param("float", 0.3, "Fraction of the channels removed from every pruned width (per layer; over "

@@ -40,6 +40,8 @@ class TiedWeightsPass(Pass):
     name = "tied_weights"
     summary = "Tied row/column weights: one matrix W serves a layer and Wᵀ its pair (FFN, attention, ResNet convs)."
     site_kind = "attention, FFN and residual-block"
+    cannot_follow = {"quantize": "an int8 layer has no float weight to tie; put tied_weights before quantize (the "
+                                 "tied layers then stay float)"}
     params = {
         "parts": Param("list[str]", list(PARTS), "What to tie: `ffn` (fc2 = fc1ᵀ), `attention` (V = W_kvᵀ with "
                        "K = W_kv x, output = W_qᵀ), `convs` (ResNet bottleneck conv1/conv3 as Wᵀ G(W x); basic "
