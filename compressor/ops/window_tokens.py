@@ -112,14 +112,17 @@ class WindowTokenReducer:
     """Drives `sparse_window_block` over a model's Swin blocks (numbered 0..n-1 in forward order) from a schedule
     of `ClipStep`s (None: the block keeps every token). Clipped tokens always pass unchanged (nothing is fused).
 
-    The first block calls `start`; each block calls `run_block`. Blocks after the last clipping block, and every
-    block when nothing is clipped, run their original forward (`uses_original_forward`).
+    The first block calls `start`; each block calls `run_block`. Blocks after the last clipping block, blocks
+    before the one that scores tokens for the first clipping block (its predecessor), and every block when nothing
+    is clipped, run their original forward (`uses_original_forward`): clipping the last two stages of a backbone
+    leaves its first stages exactly as they were, at their original cost.
     """
 
     def __init__(self, steps: list):
         self.steps = list(steps)
         reducing = [i for i, step in enumerate(self.steps) if step is not None and step.keep_ratio < 1]
         self.last_reducing = reducing[-1] if reducing else -1
+        self.first_scoring = reducing[0] - 1 if reducing else len(self.steps)
         self.importance: Tensor | None = None
         self.grid: tuple[int, int] | None = None
         self._tokens: list[int] = []
@@ -130,7 +133,7 @@ class WindowTokenReducer:
         self.last_fractions: list[float] = []
 
     def uses_original_forward(self, block: int) -> bool:
-        return block > self.last_reducing
+        return block > self.last_reducing or block < self.first_scoring
 
     def start(self, tokens: int) -> None:
         self.importance, self.grid, self._tokens, self._fractions = None, None, [tokens], []
