@@ -101,8 +101,7 @@ class TokenStack:
 
     `patch` is the token-reducing forward of its blocks, `layout` their token layout for the example input,
     `methods` the reductions the blocks support ("merge", "clip"), `needs_all_tokens` whether what reads the
-    stack's output needs every token back, `backbone` whether the stack is a detector's backbone, whose early
-    high-resolution stages carry the detail small objects need.
+    stack's output needs every token back.
     """
 
     blocks: tuple[BlockSite, ...]
@@ -110,7 +109,6 @@ class TokenStack:
     layout: TokenLayout
     methods: tuple[str, ...] = ("merge", "clip")
     needs_all_tokens: bool = True
-    backbone: bool = False
 
     @property
     def name(self) -> str:

@@ -39,16 +39,11 @@ class TokenClipPass(TokenReductionPass):
 
     def default_stack_sites(self, stack: TokenStack, candidates: list[BlockSite]) -> list[BlockSite]:
         """With a class token, EViT's three blocks at 1/4, 1/2 and 3/4 of the depth; with windowed attention
-        (Swin) every block (the first only scores tokens: nothing has ranked them yet), but in a detector's
-        backbone only the blocks of its last two stages, where most of the cost is and the high-resolution detail
-        of the early stages is left whole (two-stage clipping); otherwise (the DETR encoder) the first block, so
-        every later block runs on the kept tokens only."""
+        (Swin) every block (the first only scores tokens: nothing has ranked them yet); otherwise (the DETR
+        encoder) the first block, so every later block runs on the kept tokens only."""
         layout = stack.layout
         if layout.window is not None:
-            if not stack.backbone:
-                return candidates
-            last_stages = list(dict.fromkeys(site.stack for site in candidates))[-2:]
-            return [site for site in candidates if site.stack in last_stages]
+            return candidates
         if "cls" not in layout.prefix_tokens:
             return candidates[:1]
         chosen = sorted({min(len(candidates) - 1, int(len(candidates) * depth + 0.5)) for depth in EVIT_DEPTHS})
