@@ -9,7 +9,9 @@ attention is 1, kept as a map from block to block (averaged 2×2 across patch me
 runs in full and scores every token.
 
 Window partition, cyclic shift and padding are one fixed permutation of positions, so the kept tokens are gathered
-straight from the (batch, height·width, channels) map by index, and scattered back the same way.
+straight from the (batch, height·width, channels) map by index, and scattered back the same way. Padding positions
+serve as keys only (zeros, as the model pads them): the output projection and MLP skip them, which also keeps the
+denormal values their masked-out attention produces out of the matrix products (3× slower on CPU).
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ def _select(bias: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     return picked.gather(4, cols[:, :, None, None, :].expand(batch, windows, heads, k, k))
 
 
+def _residual_branches(x: Tensor, attended: Tensor, output: Callable, ffn: Callable) -> Tensor:
+    """The rest of a block after attention, on (tokens, channels) rows."""
+    x = x + output(attended)
+    return x + ffn(x)
+
+
 def sparse_window_block(hidden: Tensor, grid: tuple[int, int], positions: Tensor, keep: int,
                         importance: Tensor | None, *, norm: Callable, qkv: Callable, output: Callable, ffn: Callable,
                         position_bias: Tensor, shift_mask: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
@@ -87,9 +95,14 @@ def sparse_window_block(hidden: Tensor, grid: tuple[int, int], positions: Tensor
     heads = q.shape[1]
     bias = _select(bias, chosen, chosen).reshape(batch * windows, heads, keep, keep)
     probabilities = (torch.matmul(q, k.transpose(-1, -2)) * scale + bias).softmax(dim=-1)
-    attended = torch.matmul(probabilities, v).transpose(1, 2).reshape(batch * windows, keep, -1)
-    x = x + output(attended)
-    x = x + ffn(x)
+    attended = torch.matmul(probabilities, v).transpose(1, 2).reshape(batch * windows * keep, -1)
+    x = x.reshape(batch * windows * keep, channels)
+    if not bool(real.all()):  # padding serves only as keys: the projection and MLP run on real tokens only
+        rows = real.reshape(-1).nonzero().squeeze(1)
+        x = x.index_copy(0, rows, _residual_branches(x.index_select(0, rows), attended.index_select(0, rows),
+                                                     output, ffn))
+    else:
+        x = _residual_branches(x, attended, output, ffn)
     received = probabilities.mean(dim=(1, 2)) * keep                     # 1 = uniform attention
     updated = scatter_tokens(padded, flat, x.view(batch, windows * keep, channels))[:, :tokens]
     base = importance if importance is not None else hidden.new_ones(batch, tokens)
