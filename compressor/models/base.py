@@ -231,16 +231,17 @@ class ModelAdapter(ABC):
         reduced sequence must be restored to the full token map after the last block."""
         return True
 
-    def token_stacks(self) -> list[TokenStack]:
-        """Every run of blocks that one token reducer drives, in forward order. A standalone model has one (its
-        `token_reduction_blocks`); a detector may have two (its Swin backbone's blocks and its encoder layers),
-        each reduced on its own: tokens do not flow from one into the other as a sequence (the backbone's feature
-        map is projected and flattened anew before the encoder)."""
+    def token_stacks(self, inputs: dict[str, torch.Tensor] | None = None) -> list[TokenStack]:
+        """Every run of blocks that one token reducer drives, in forward order, laid out for `inputs` (default:
+        the example input). A standalone model has one (its `token_reduction_blocks`); a detector may have two
+        (its Swin backbone's blocks and its encoder layers), each reduced on its own: tokens do not flow from one
+        into the other as a sequence (the backbone's feature map is projected and flattened anew before the
+        encoder)."""
         blocks = self.token_reduction_blocks()
         patch = type(self).token_block_patch
         if not blocks or patch is None:
             return []
-        return [TokenStack(blocks=tuple(blocks), patch=patch, layout=self.token_layout(),
+        return [TokenStack(blocks=tuple(blocks), patch=patch, layout=self.token_layout(inputs),
                            methods=type(self).token_reduction_methods, needs_all_tokens=self.output_needs_all_tokens())]
 
     def install_token_reducer(self, reducer: Any, stack: TokenStack | None = None) -> None:
