@@ -47,7 +47,7 @@ def sites_for(rewriter: Pass, spec: PassSpec, loaded: LoadedModel) -> list:
             raise RecipeError(f"{spec.name}.plan names {missing[0]!r}, which is not a {spec.name} site of this "
                               f"{adapter.family} model; the recipe was made for another architecture")
         return [by_name[name] for name in spec.plan]
-    defaults = rewriter.default_sites(adapter, candidates)
+    defaults = rewriter.default_sites(adapter, [site for site in candidates if adapter.in_auto_scope(site.name)])
     return select_sites(spec.name, adapter.family, candidates, defaults, spec.params["targets"],
                         spec.params["ignore"])
 

@@ -133,3 +133,49 @@ def detr_r50_dir(tmp_path_factory) -> Path:
 
     return _save(tmp_path_factory.mktemp("detr-r50"), DetrConfig(use_pretrained_backbone=False),
                  DetrForObjectDetection, DetrImageProcessor())
+
+
+def _small_detr(**backbone):
+    """A small DETR transformer (d_model 32, one encoder and one decoder layer) over the given backbone."""
+    from transformers import DetrConfig
+
+    return DetrConfig(use_pretrained_backbone=False, d_model=32, encoder_layers=1, decoder_layers=1,
+                      encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                      num_queries=5, num_labels=5, **backbone)
+
+
+def _save_small_detr(tmp_path_factory, name: str, config) -> Path:
+    """Saved with a processor that resizes to shortest edge 64 (a 640×480 image -> 64×85)."""
+    from transformers import DetrForObjectDetection, DetrImageProcessor
+
+    processor = DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    return _save(tmp_path_factory.mktemp(name), config, DetrForObjectDetection, processor)
+
+
+@pytest.fixture(scope="session")
+def detr_resnet_backbone_dir(tmp_path_factory) -> Path:
+    """DETR over an AutoBackbone HF ResNet of bottlenecks (1, 2, 1, 1 per stage), stride 32."""
+    from transformers import ResNetConfig
+
+    backbone = ResNetConfig(embedding_size=8, hidden_sizes=[16, 16, 32, 32], depths=[1, 2, 1, 1],
+                            layer_type="bottleneck", out_features=["stage4"])
+    return _save_small_detr(tmp_path_factory, "detr-hf-resnet",
+                            _small_detr(use_timm_backbone=False, backbone_config=backbone))
+
+
+@pytest.fixture(scope="session")
+def detr_timm_backbone_dir(tmp_path_factory) -> Path:
+    """DETR over a timm ResNet-18 built features-only, as facebook/detr-resnet-50's own config builds its
+    ResNet-50 (`use_timm_backbone: true`)."""
+    return _save_small_detr(tmp_path_factory, "detr-timm-resnet", _small_detr(backbone="resnet18"))
+
+
+@pytest.fixture(scope="session")
+def detr_swin_backbone_dir(tmp_path_factory) -> Path:
+    """DETR over an AutoBackbone HF Swin (patch 2, window 2, stages of 1, 1, 2, 1 blocks, last stage out)."""
+    from transformers import SwinConfig
+
+    backbone = SwinConfig(embed_dim=16, patch_size=2, depths=[1, 1, 2, 1], num_heads=[1, 1, 2, 2], window_size=2,
+                          out_features=["stage4"])
+    return _save_small_detr(tmp_path_factory, "detr-swin",
+                            _small_detr(use_timm_backbone=False, backbone_config=backbone))

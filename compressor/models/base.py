@@ -19,6 +19,7 @@ from torch import nn
 from compressor.ops.attention_kernel import AttentionKernel
 
 if TYPE_CHECKING:
+    from compressor.models.embedded_backbone import EmbeddedBackbone
     from compressor.models.patches import ForwardPatch
 
 
@@ -214,6 +215,31 @@ class ModelAdapter(ABC):
 
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
+
+    # --- sites of an embedded model (a detector's backbone) ------------------------------------------------------
+    def embedded_backbone(self) -> EmbeddedBackbone | None:
+        """The backbone inside this model that a family adapter of its own describes (detectors), else None."""
+        return None
+
+    def all_attention_sites(self) -> list[AttentionSite]:
+        """What passes choose from: the embedded backbone's attention sites (qualified names), then this
+        model's own; `attention_sites()` stays the family's own architecture."""
+        backbone = self.embedded_backbone()
+        return (backbone.attention_sites() if backbone else []) + self.attention_sites()
+
+    def all_ffn_sites(self) -> list[FFNSite]:
+        backbone = self.embedded_backbone()
+        return (backbone.ffn_sites() if backbone else []) + self.ffn_sites()
+
+    def all_blocks(self) -> list[BlockSite]:
+        backbone = self.embedded_backbone()
+        return (backbone.blocks() if backbone else []) + self.blocks()
+
+    def in_auto_scope(self, name: str) -> bool:
+        """False for a site `targets: [auto]` never selects: one inside the embedded backbone, so that a recipe
+        written for a detector's transformer keeps its meaning there; backbone sites are chosen by name."""
+        backbone = self.embedded_backbone()
+        return backbone is None or not backbone.owns(name)
 
     # --- token reduction (token_merge, token_clip) ---------------------------------------------------------------
     #: the token-reducing forward of this family's blocks (see `compressor.models.patches`); None: unsupported

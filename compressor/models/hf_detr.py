@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from compressor.models.base import AttentionSite, BlockSite, FFNSite, TokenLayout
+from compressor.models.embedded_backbone import EmbeddedBackboneSites
 from compressor.models.hf_common import HFVisionAdapter, flatten_per_example, size_field
 from compressor.models.patches.transformers import TOKEN_REDUCING_DETR_ENCODER_LAYER
 
@@ -32,13 +33,16 @@ def _layer_classes() -> tuple[type, type]:
     return DetrEncoderLayer, DetrDecoderLayer
 
 
-class HFDetrAdapter(HFVisionAdapter):
+class HFDetrAdapter(EmbeddedBackboneSites, HFVisionAdapter):
     """DetrModel / DetrForObjectDetection / DetrForSegmentation.
 
     Stacks: "encoder" (global self-attention over the feature map) and "decoder" (self-attention among object
     queries, kind "self", and cross-attention to the encoder output, kind "cross", both with the decoder layer's
     index as `layer`). primary_output: per image, the class logits and boxes of every query flattened and
     concatenated (detection and segmentation heads); for DetrModel the flattened decoder output.
+
+    The backbone's blocks are sites too (`all_blocks()` etc.), described by its standalone family adapter
+    (`compressor.models.embedded_backbone`); `auto` targets leave them out.
     """
 
     family = "hf-detr"

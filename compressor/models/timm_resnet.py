@@ -27,12 +27,25 @@ class TimmResNetAdapter(TimmAdapter):
 
     @classmethod
     def handles(cls, model: nn.Module) -> bool:
+        """A timm ResNet, or the features-only wrapper timm builds of one (`features_only=True`, as DETR's timm
+        backbone is: the same modules under the same names, up to the last stage it returns)."""
         if not timm_is_loaded():
             return False
+        from timm.models import FeatureDictNet, FeatureListNet
         from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-        return isinstance(model, ResNet) and all(
-            isinstance(block, (BasicBlock, Bottleneck)) for stage in _STAGES for block in getattr(model, stage))
+        if isinstance(model, (FeatureListNet, FeatureDictNet)):
+            stages = [getattr(model, stage, None) for stage in _STAGES]
+            stages = stages[:stages.index(None)] if None in stages else stages
+        elif isinstance(model, ResNet):
+            stages = [getattr(model, stage) for stage in _STAGES]
+        else:
+            return False
+        return bool(stages) and all(isinstance(block, (BasicBlock, Bottleneck)) for stage in stages for block in stage)
+
+    def _stages(self) -> list[str]:
+        """The stage modules present (a features-only model may stop before `layer4`)."""
+        return [stage for stage in _STAGES if hasattr(self.model, stage)]
 
     def attention_sites(self) -> list[AttentionSite]:
         return []
@@ -44,7 +57,7 @@ class TimmResNetAdapter(TimmAdapter):
         from timm.models.resnet import Bottleneck
 
         sites = []
-        for stage_index, stage in enumerate(_STAGES):
+        for stage_index, stage in enumerate(self._stages()):
             for index, block in enumerate(getattr(self.model, stage)):
                 name = f"{stage}.{index}"
                 bottleneck = isinstance(block, Bottleneck)

@@ -86,8 +86,11 @@ def bounded_by_weights(totals: tuple[int, int], source: str) -> Iterator[None]:
     def count(module, name, parameter):
         if parameter is None:
             return None
-        seen["tensors"] += 1
-        seen["elements"] += parameter.numel()
+        # a parameter put in the place of another (transformers 5.25 does so while loading the weights) does not
+        # grow the model: without this, the full-size DETR-R50 counted twice its size and was refused
+        previous = module._parameters.get(name)
+        seen["tensors"] += previous is None
+        seen["elements"] += parameter.numel() - (previous.numel() if previous is not None else 0)
         if seen["tensors"] > tensor_limit or seen["elements"] > element_limit:
             raise _LargerThanWeights
         return None

@@ -46,7 +46,7 @@ class ACTPass(Pass):
 
     def candidate_sites(self, adapter: ModelAdapter) -> list[AttentionSite]:
         """Global self-attention: ACT clusters queries against the keys of the same tokens."""
-        return [site for site in adapter.attention_sites() if site.kind == "self" and site.scope == "global"]
+        return [site for site in adapter.all_attention_sites() if site.kind == "self" and site.scope == "global"]
 
     def default_sites(self, adapter: ModelAdapter, candidates: list[AttentionSite]) -> list[AttentionSite]:
         """Encoders only: the DETR encoder (the paper's setting), every ViT/DeiT/BERT layer; not decoders."""

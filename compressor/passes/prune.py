@@ -128,7 +128,7 @@ class PrunePass(Pass):
 
     def statistics(self, adapter: ModelAdapter, sites: list[ModuleSite]) -> dict[str, Any]:
         result = self.result or PruneResult(untraced=[], heads={}, head_dims={})
-        ffn_width = {site.name: adapter.module(site.fc1).out_features for site in adapter.ffn_sites()}
+        ffn_width = {site.name: adapter.module(site.fc1).out_features for site in adapter.all_ffn_sites()}
         summary = {"untraced layers": len(result.untraced)}
         if result.heads:
             summary["heads per layer"] = " ".join(str(h) for h in result.heads.values())

@@ -62,9 +62,13 @@ def _inside(name: str, prefix: str) -> bool:
 
 
 def site_of(name: str, targets: list[str]) -> str | None:
-    """The innermost targeted module containing module `name`, or None."""
+    """The outermost targeted module containing module `name`, or None.
+
+    Outermost, so that a pattern matching a module and everything inside it (`re:model\\.backbone\\.`) means
+    "prune inside that module", as naming the module alone does.
+    """
     matches = [target for target in targets if _inside(name, target)]
-    return max(matches, key=len) if matches else None
+    return min(matches, key=len) if matches else None
 
 
 def refuse_attention_kernels(adapter: ModelAdapter, targets: list[str]) -> None:
@@ -80,7 +84,7 @@ def refuse_attention_kernels(adapter: ModelAdapter, targets: list[str]) -> None:
 def head_layouts(adapter: ModelAdapter, targets: list[str]) -> list[HeadLayout]:
     """The attention modules inside the targeted modules, with their projections and per-head parameters."""
     layouts = []
-    for site in adapter.attention_sites():
+    for site in adapter.all_attention_sites():
         if site_of(site.name, targets) is None:
             continue
         names = [site.query] if site.fused_qkv else [site.query, site.key, site.value]
@@ -227,14 +231,14 @@ def _prune(adapter: ModelAdapter, targets: list[str], params: dict[str, Any], ex
     names = {module: name for name, module in model.named_modules()}
     layouts = head_layouts(adapter, targets)
     attention_projections = {p for layout in layouts for p in layout.projections}
-    ffn_inputs = {adapter.module(site.fc1) for site in adapter.ffn_sites() if site_of(site.name, targets)}
+    ffn_inputs = {adapter.module(site.fc1) for site in adapter.all_ffn_sites() if site_of(site.name, targets)}
     loose_params = [parameter for layout in layouts for parameter in layout.loose]
 
     def output_transform(outputs):
         return adapter.primary_output(outputs, example).sum()
 
     # traced twice: this graph decides which groups to veto, the pruner below traces again with the veto list
-    custom = customized_pruners()
+    custom = customized_pruners(model)
     try:
         graph = _quiet_build(lambda: tp.DependencyGraph().build_dependency(
             model, example_inputs=example, output_transform=output_transform, ignored_params=loose_params,

@@ -1,4 +1,9 @@
-"""Pruning functions for layers whose channel layout Torch-Pruning's trace cannot follow.
+"""Pruning functions for layers Torch-Pruning does not know: Swin's patch merging, and frozen batch norms.
+
+Frozen batch norms (transformers' `DetrFrozenBatchNorm2d` and its copies in the other DETR families, timm's and
+torchvision's `FrozenBatchNorm2d`: DETR swaps every BatchNorm2d of its backbone for one) keep their statistics and
+affine terms as buffers, so the trace sees only arithmetic and would leave them at the old width. Each is pruned
+like a BatchNorm2d: one channel in, the same channel out, its four buffers sliced.
 
 Swin's patch merging (transformers' `SwinPatchMerging`, timm's `PatchMerging`) gathers the 2×2 neighbours of
 each patch and concatenates them into 4·C channels: channel `c` of the input appears at `c`, `C + c`, `2C + c`
@@ -41,9 +46,37 @@ def _sync_widths(layer: nn.Module) -> nn.Module:
     return layer
 
 
-def customized_pruners() -> dict[type, object]:
-    """{layer class: pruning function} for Torch-Pruning's `customized_pruners`."""
+#: the buffers of a frozen batch norm, one value per channel
+FROZEN_NORM_BUFFERS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _frozen_norm_classes(model: nn.Module) -> set[type]:
+    """The frozen batch norm classes in `model`: named `...FrozenBatchNorm2d`, holding the four buffers."""
+    return {type(module) for module in model.modules()
+            if type(module).__name__.endswith("FrozenBatchNorm2d")
+            and all(isinstance(module._buffers.get(name), torch.Tensor) for name in FROZEN_NORM_BUFFERS)}
+
+
+def customized_pruners(model: nn.Module) -> dict[type, object]:
+    """{layer class: pruning function} for Torch-Pruning's `customized_pruners`, for the layers of `model`."""
     import torch_pruning as tp
+
+    class FrozenNormPruner(tp.BasePruningFunc):
+        """A frozen batch norm: its channels in are its channels out (as Torch-Pruning's BatchNorm pruner)."""
+
+        def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+            removed = set(int(i) for i in idxs)
+            keep = torch.tensor([c for c in range(self.get_out_channels(layer)) if c not in removed])
+            for name in FROZEN_NORM_BUFFERS:
+                layer._buffers[name] = layer._buffers[name].index_select(0, keep)
+            return layer
+
+        prune_in_channels = prune_out_channels
+
+        def get_out_channels(self, layer: nn.Module) -> int:
+            return layer._buffers["weight"].shape[0]
+
+        get_in_channels = get_out_channels
 
     class PatchMergingPruner(tp.BasePruningFunc):
         """Out channels: the reduction's outputs. In channels: each input channel's four merged copies."""
@@ -65,8 +98,8 @@ def customized_pruners() -> dict[type, object]:
         def get_in_channels(self, layer: nn.Module) -> int:
             return layer.norm.normalized_shape[0] // 4
 
-    pruner = PatchMergingPruner()
-    return {cls: pruner for cls in _merging_classes()}
+    merging, frozen_norm = PatchMergingPruner(), FrozenNormPruner()
+    return {**{cls: merging for cls in _merging_classes()}, **{cls: frozen_norm for cls in _frozen_norm_classes(model)}}
 
 
 class _OpaqueStep(torch.autograd.Function):

@@ -65,8 +65,8 @@ class TiedWeightsPass(Pass):
 
     # --- sites ---------------------------------------------------------------------------------------------------
     def candidate_sites(self, adapter: ModelAdapter) -> list:
-        blocks = [b for b in adapter.blocks() if b.kind in ("basic", "bottleneck") and len(b.convs) >= 2]
-        return [*adapter.attention_sites(), *adapter.ffn_sites(), *blocks]
+        blocks = [b for b in adapter.all_blocks() if b.kind in ("basic", "bottleneck") and len(b.convs) >= 2]
+        return [*adapter.all_attention_sites(), *adapter.all_ffn_sites(), *blocks]
 
     def default_sites(self, adapter: ModelAdapter, candidates: list) -> list:
         return candidates
