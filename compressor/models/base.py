@@ -113,8 +113,9 @@ class TokenStack:
 
     @property
     def name(self) -> str:
-        """The blocks' common module prefix, e.g. "model.encoder.layers" (how reports and messages name it)."""
-        parts = [block.name.split(".") for block in self.blocks]
+        """The common module prefix of the blocks' containers, e.g. "model.encoder.layers" (how reports and
+        messages name it)."""
+        parts = [block.name.split(".")[:-1] for block in self.blocks]
         common = []
         for column in zip(*parts):
             if len(set(column)) > 1:
@@ -260,15 +261,20 @@ class ModelAdapter(ABC):
     def token_stacks(self, inputs: dict[str, torch.Tensor] | None = None) -> list[TokenStack]:
         """Every run of blocks that one token reducer drives, in forward order, laid out for `inputs` (default:
         the example input). A standalone model has one (its `token_reduction_blocks`); a detector may have two
-        (its Swin backbone's blocks and its encoder layers), each reduced on its own: tokens do not flow from one
-        into the other as a sequence (the backbone's feature map is projected and flattened anew before the
-        encoder)."""
+        (its embedded Swin backbone's blocks, then its encoder layers), each reduced on its own: tokens do not flow
+        from one into the other as a sequence (the backbone's feature map is projected and flattened anew before
+        the encoder)."""
+        backbone = self.embedded_backbone()
+        if backbone is not None and inputs is None:
+            inputs = self.example_inputs()
+        stacks = backbone.token_stacks(inputs) if backbone is not None else []
         blocks = self.token_reduction_blocks()
         patch = type(self).token_block_patch
-        if not blocks or patch is None:
-            return []
-        return [TokenStack(blocks=tuple(blocks), patch=patch, layout=self.token_layout(inputs),
-                           methods=type(self).token_reduction_methods, needs_all_tokens=self.output_needs_all_tokens())]
+        if blocks and patch is not None:
+            stacks.append(TokenStack(blocks=tuple(blocks), patch=patch, layout=self.token_layout(inputs),
+                                     methods=type(self).token_reduction_methods,
+                                     needs_all_tokens=self.output_needs_all_tokens()))
+        return stacks
 
     def install_token_reducer(self, reducer: Any, stack: TokenStack | None = None) -> None:
         """Make every block of `stack` (default: the model's only token stack) run its `patch`, driven by `reducer`
