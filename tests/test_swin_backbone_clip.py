@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import compressor
+from checkpoints_hf import _save_small_detr, _small_detr
 from compressor.evaluate.cost import count_flops, flop_counter
 from compressor.sources import load_source
 
@@ -116,13 +117,38 @@ def test_backbone_and_encoder_each_get_their_own_reducer(detr_swin_backbone_dir,
 
 
 def test_inspect_lists_the_backbone_blocks_as_token_clip_sites(detr_swin_backbone_dir):
+    """The built-in `detr-swin-clip` recipe chooses the blocks of the last two stages."""
     from compressor.commands.inspect import describe_sites
     from compressor.pipeline import resolve_recipe
 
     loaded = load_source(detr_swin_backbone_dir)
-    recipe = resolve_recipe("token-clip", [f"token_clip.targets=[{TWO_STAGES}]"])
+    recipe = resolve_recipe("detr-swin-clip", [])
     described = describe_sites(loaded, recipe)["token_clip"]
     backbone = [name for name in described["candidates"] if name.startswith("model.backbone.")]
     assert len(backbone) == 5  # stages of 1, 1, 2 and 1 blocks
     assert described["sites"] == [name for name in backbone if ".layers.2." in name or ".layers.3." in name]
     assert "model.encoder.layers.0" in described["candidates"]
+
+
+@pytest.fixture(scope="module")
+def detr_swin_three_maps_dir(tmp_path_factory):
+    """The small Swin-backbone DETR with the backbone returning the maps of stages 2, 3 and 4."""
+    from transformers import SwinConfig
+
+    backbone = SwinConfig(embed_dim=16, patch_size=2, depths=[1, 1, 2, 1], num_heads=[1, 1, 2, 2], window_size=2,
+                          out_features=["stage2", "stage3", "stage4"])
+    return _save_small_detr(tmp_path_factory, "detr-swin-3-maps",
+                            _small_detr(use_timm_backbone=False, backbone_config=backbone))
+
+
+def test_every_feature_map_stays_complete_with_several_out_features(detr_swin_three_maps_dir):
+    """Stages 3 and 4 clipped: the stage-2 map is the original's, the clipped stages' maps keep their full grids."""
+    original = load_source(detr_swin_three_maps_dir)
+    result = _clip(detr_swin_three_maps_dir, f"token_clip.targets=[{TWO_STAGES}]", "token_clip.keep_ratio=0.5")
+    inputs = original.adapter.example_inputs(batch_size=1, seed=7)
+    flops_before, maps_before = _backbone_flops_and_maps(original.model, inputs)
+    flops_after, maps_after = _backbone_flops_and_maps(result.model, inputs)
+    assert flops_after < flops_before
+    assert [m.shape for m in maps_after] == [m.shape for m in maps_before] and len(maps_after) == 3
+    assert (maps_after[0] - maps_before[0]).abs().max().item() <= 1e-5
+    assert (maps_after[2] - maps_before[2]).abs().max().item() > 1e-3  # clipping really changed stage 4
