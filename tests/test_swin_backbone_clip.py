@@ -152,3 +152,10 @@ def test_every_feature_map_stays_complete_with_several_out_features(detr_swin_th
     assert [m.shape for m in maps_after] == [m.shape for m in maps_before] and len(maps_after) == 3
     assert (maps_after[0] - maps_before[0]).abs().max().item() <= 1e-5
     assert (maps_after[2] - maps_before[2]).abs().max().item() > 1e-3  # clipping really changed stage 4
+
+
+def test_the_two_stage_recipe_on_a_resnet_backbone_says_its_targets_match_nothing(detr_resnet_backbone_dir):
+    from compressor.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"token_clip.targets: .* matches no token_clip site .*model\.encoder"):
+        compressor.compress(detr_resnet_backbone_dir, "detr-swin-clip", progress=False, latency_runs=1)
