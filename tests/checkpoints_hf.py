@@ -136,12 +136,13 @@ def detr_r50_dir(tmp_path_factory) -> Path:
 
 
 def _small_detr(**backbone):
-    """A small DETR transformer (d_model 32, one encoder and one decoder layer) over the given backbone."""
+    """A small DETR transformer (d_model 32, two encoder layers and one decoder layer, COCO's 91 class ids) over
+    the given backbone."""
     from transformers import DetrConfig
 
-    return DetrConfig(use_pretrained_backbone=False, d_model=32, encoder_layers=1, decoder_layers=1,
+    return DetrConfig(use_pretrained_backbone=False, d_model=32, encoder_layers=2, decoder_layers=1,
                       encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                      num_queries=5, num_labels=5, **backbone)
+                      num_queries=5, num_labels=91, **backbone)
 
 
 def _save_small_detr(tmp_path_factory, name: str, config) -> Path:

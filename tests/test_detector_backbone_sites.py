@@ -103,6 +103,18 @@ def test_pruned_backbone_is_cheaper_and_reloads_with_identical_outputs(backbone,
     assert _reload_difference(result, tmp_path) == 0.0
 
 
+def test_tying_a_backbone_that_satisfies_the_tie_leaves_outputs_unchanged(backbone, tmp_path):
+    from test_tied_weights import tie_satisfying_checkpoint
+
+    _, source = backbone
+    recipe = compressor.Recipe.from_dict({"compress_stage": {"tied_weights": {"targets": [IN_BACKBONE]}}})
+    satisfied = tie_satisfying_checkpoint(source, tmp_path / "satisfied", recipe)
+    original = load_source(satisfied)
+    result = compressor.compress(satisfied, recipe, progress=False, latency_runs=1)
+    assert result.report["params"]["after"] < result.report["params"]["before"]
+    assert (_outputs(original, original.model) - _outputs(result.loaded, result.model)).abs().max().item() <= 1e-5
+
+
 def test_tied_backbone_reloads_with_identical_outputs(backbone, tmp_path):
     case, source = backbone
     result = _compress(source, {"tied_weights": {"targets": [IN_BACKBONE], "init": "closed_form"}})
@@ -119,3 +131,48 @@ def test_a_target_that_selects_nothing_in_the_backbone_fails_with_one_line(backb
     code = main(["compress", str(source), "--recipe", "act", "--set", f"act.targets=[{IN_BACKBONE}]", "--quiet"])
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1 and "matches no act site" in error
+
+
+# --- detr-max and detr-r50-backbone: the passes go where the cost is ------------------------------------------------
+COCO_IMAGE = "coco-fixture/000000039769.png"
+
+
+@pytest.mark.parametrize("recipe", ["detr-max", "detr-r50-backbone"])
+def test_detector_recipes_prune_the_backbone_with_taylor_importance_and_reload(recipe, detr_timm_backbone_dir,
+                                                                               tmp_path):
+    """On DETR's own backbone (timm ResNet, frozen batch norms): the backbone loses most of its FLOPs, ranked by
+    Taylor importance on the calibration image, and the saved model reloads with identical outputs."""
+    from shared_assets import shared
+
+    result = compressor.compress(detr_timm_backbone_dir, recipe, calib=str(shared(COCO_IMAGE)),
+                                 overrides=["compress_stage.act.rounds=4"] if recipe == "detr-max" else [],
+                                 progress=False, latency_runs=1)
+    prune = result.report["passes"][0]
+    assert prune["name"] == "prune" and prune["summary"]["importance"] == "taylor"
+    plan = result.recipe.to_dict()["compress_stage"]["prune"]["plan"]
+    assert any(name.startswith("model.backbone.model.layer") for name in plan)
+    assert any(name.endswith(".mlp.fc1") for name in plan) == (recipe == "detr-max")
+    assert result.report["flops"]["after"] < 0.55 * result.report["flops"]["before"]
+    assert _reload_difference(result, tmp_path) == 0.0
+
+
+def test_auto_importance_is_magnitude_without_calibration_data(detr_resnet_backbone_dir):
+    result = _compress(detr_resnet_backbone_dir, {"prune": {"targets": [IN_BACKBONE], "importance": "auto"}})
+    assert result.report["passes"][0]["summary"]["importance"] == "magnitude"
+
+
+def test_detr_max_ends_with_mtkd_distillation_of_the_pruned_detector(detr_timm_backbone_dir, tmp_path, capsys):
+    """`compress --data COCO` trains the pruned, clipped ACT student MTKD-style: the ACT path and the exact path
+    together, their boxes pulled together; the trained output reloads."""
+    from shared_assets import shared
+
+    out = tmp_path / "out"
+    status = main(["compress", str(detr_timm_backbone_dir), "--recipe", "detr-max", "--out", str(out), "--quiet",
+                   "--latency-runs", "1", "--calib", str(shared(COCO_IMAGE)), "--data", str(shared("coco128-val")),
+                   "--set", "compress_stage.act.rounds=4", "--set", "distill.steps=2", "--set", "distill.batch_size=2",
+                   "--set", "distill.limit=4"])
+    assert status == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "out.distill" / "log.jsonl").read_text().splitlines()[0])
+    assert {"task", "task_original", "box_l2", "kd"} <= set(record)
+    stem = compressor.load(out).get_submodule("model.backbone.model.conv1")
+    assert stem.out_channels == stem.weight.shape[0] < 64  # ResNet-18's stem, pruned, rebuilt on reload

@@ -26,6 +26,13 @@ class ModuleSite:
     name: str
 
 
+def resolved_importance(importance: str, context: PassContext) -> str:
+    """`auto`: Taylor importance where calibration data is given, weight magnitude where none is."""
+    if importance == "auto":
+        return "taylor" if context.calibration else "magnitude"
+    return importance
+
+
 class PrunePass(Pass):
     name = "prune"
     summary = "Structural pruning (Torch-Pruning): remove attention heads or head dims, FFN width, conv channels."
@@ -42,8 +49,9 @@ class PrunePass(Pass):
                        "the whole model with `global_ranking`). 0 leaves the model unchanged.",
                        minimum=0, maximum=0.95),
         "importance": Param("str", "magnitude", "How channels are ranked: `magnitude` (L2 norm of each coupled "
-                            "group of weights) or `taylor` (|weight × gradient| on `--calib` data, labels taken "
-                            "from the model's own predictions).", choices=("magnitude", "taylor")),
+                            "group of weights), `taylor` (|weight × gradient| on `--calib` data, labels taken "
+                            "from the model's own predictions), or `auto` (taylor when `--calib` data is given, "
+                            "else magnitude).", choices=("magnitude", "taylor", "auto")),
         "attention": Param("str", "head_dim", "How attention shrinks: `head_dim` (every head keeps its place, "
                            "each loses `ratio` of its dimensions), `heads` (whole heads removed, `ratio` of them) "
                            "or `none`.", choices=("head_dim", "heads", "none")),
@@ -60,6 +68,8 @@ class PrunePass(Pass):
 
     def __init__(self) -> None:
         self.result: PruneResult | None = None
+        #: the ranking planning used (`auto` resolved), for the report
+        self.importance: str | None = None
         #: the pruned copy's state dict, between `plan` and `initialise`
         self.pruned_weights: dict[str, torch.Tensor] | None = None
 
@@ -85,6 +95,7 @@ class PrunePass(Pass):
         """Prune a scratch copy: its new widths are the plan, its weights what `initialise` gives the model."""
         self.require_calibration(params, context)
         self.pruned_weights = None
+        self.importance = resolved_importance(params["importance"], context)
         if params["ratio"] == 0:
             self.result = PruneResult(untraced=[], heads={}, head_dims={})
             return {}
@@ -93,7 +104,8 @@ class PrunePass(Pass):
         example = scratch.example_inputs(batch_size=1, seed=context.seed)
         reference = self._output_shape(scratch, example)
         before = snapshot_widths(scratch.model)
-        self.result = run_pruner(scratch, [site.name for site in sites], params, example, context.calibration)
+        self.result = run_pruner(scratch, [site.name for site in sites], {**params, "importance": self.importance},
+                                 example, context.calibration)
         try:
             after_shape = self._output_shape(scratch, example)
         except Exception as error:  # a layer the graph could not follow kept a stale width
@@ -130,6 +142,8 @@ class PrunePass(Pass):
         result = self.result or PruneResult(untraced=[], heads={}, head_dims={})
         ffn_width = {site.name: adapter.module(site.fc1).out_features for site in adapter.all_ffn_sites()}
         summary = {"untraced layers": len(result.untraced)}
+        if self.importance is not None:
+            summary["importance"] = self.importance
         if result.heads:
             summary["heads per layer"] = " ".join(str(h) for h in result.heads.values())
             summary["head dim per layer"] = " ".join(str(d) for d in result.head_dims.values())
