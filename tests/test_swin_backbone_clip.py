@@ -45,6 +45,10 @@ def _reduced_blocks(model) -> list[str]:
     return [name for name, module in model.named_modules() if hasattr(module, "token_reducer")]
 
 
+def _encoder_layers(model) -> list[str]:
+    return [f"model.encoder.layers.{index}" for index in range(len(model.model.encoder.layers))]
+
+
 @pytest.mark.parametrize("keep", ["1", "0.999"])
 def test_keeping_every_token_reproduces_the_detector(detr_swin_backbone_dir, keep):
     """1 runs the original blocks; 0.999 keeps every token of every window through the gather/scatter path
@@ -81,15 +85,16 @@ def test_two_stage_clipping_lowers_backbone_flops_and_keeps_every_shape(detr_swi
 def test_encoder_targets_leave_the_backbone_untouched(detr_swin_backbone_dir):
     """The DETR encoder's clipping, as before: the backbone runs its own forward and hands the same maps over."""
     original = load_source(detr_swin_backbone_dir)
-    result = _clip(detr_swin_backbone_dir, "token_clip.keep_ratio=0.5")  # auto: the encoder's first layer
-    assert _reduced_blocks(result.model) == ["model.encoder.layers.0"]
+    result = _clip(detr_swin_backbone_dir, "token_clip.keep_ratio=0.5")  # auto: after the encoder's first layer
+    assert result.report["passes"][0]["sites"] == ["model.encoder.layers.0"]
+    assert _reduced_blocks(result.model) == _encoder_layers(result.model)
     inputs = original.adapter.example_inputs(batch_size=1, seed=5)
     flops_before, maps_before = _backbone_flops_and_maps(original.model, inputs)
     flops_after, maps_after = _backbone_flops_and_maps(result.model, inputs)
     assert flops_after == flops_before
     assert all(torch.equal(a, b) for a, b in zip(maps_before, maps_after))
     explicit = _clip(detr_swin_backbone_dir, f"token_clip.targets=[{ENCODER}]", "token_clip.keep_ratio=0.5")
-    assert _reduced_blocks(explicit.model) == ["model.encoder.layers.0"]
+    assert _reduced_blocks(explicit.model) == _encoder_layers(explicit.model)
 
 
 def test_backbone_targets_leave_the_encoder_untouched(detr_swin_backbone_dir):
