@@ -15,8 +15,8 @@ from compressor.ops.window_tokens import WindowTokenReducer
 from compressor.passes.base import Pass, PassContext
 
 #: why token_merge and token_clip exclude each other, in either order
-ONE_REDUCER = ("both drive the model's one token reducer, so they cannot run on the same model; keep one of the two "
-               "passes")
+ONE_REDUCER = ("both drive the token reducers of the model's blocks, one token reducer per block, so they cannot run "
+               "on the same model; keep one of the two passes")
 
 
 class TokenReductionPass(Pass):
