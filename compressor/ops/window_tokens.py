@@ -93,7 +93,9 @@ def sparse_window_block(hidden: Tensor, grid: tuple[int, int], positions: Tensor
     if shift_mask is not None:
         bias = bias + shift_mask[None, :, None]
     heads = q.shape[1]
-    bias = _select(bias, chosen, chosen).reshape(batch * windows, heads, keep, keep)
+    if keep < area:  # the kept pairs (with every token kept, the bias is already in window order)
+        bias = _select(bias, chosen, chosen)
+    bias = bias.reshape(batch * windows, heads, keep, keep)
     probabilities = (torch.matmul(q, k.transpose(-1, -2)) * scale + bias).softmax(dim=-1)
     attended = torch.matmul(probabilities, v).transpose(1, 2).reshape(batch * windows * keep, -1)
     x = x.reshape(batch * windows * keep, channels)
