@@ -52,7 +52,7 @@ def _encoder_layers(model) -> list[str]:
 @pytest.mark.parametrize("keep", ["1", "0.999"])
 def test_keeping_every_token_reproduces_the_detector(detr_swin_backbone_dir, keep):
     """1 runs the original blocks; 0.999 keeps every token of every window through the gather/scatter path
-    (window partition, shift and the padding of a 43-wide grid as one index permutation): both exact."""
+    (window partition, shift and the padding of the 8×11 stage-3 grid as one index permutation): both exact."""
     original = load_source(detr_swin_backbone_dir)
     result = _clip(detr_swin_backbone_dir, f"token_clip.targets=[{TWO_STAGES}]", f"token_clip.keep_ratio={keep}")
     inputs = original.adapter.example_inputs(batch_size=2, seed=3)
