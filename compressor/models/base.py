@@ -110,6 +110,39 @@ RESNET_PARTS = (
 )
 
 
+@dataclass(frozen=True)
+class TokenStack:
+    """A run of blocks the same token sequence flows through, driven by one token reducer (`token_merge`,
+    `token_clip`): a ViT's blocks, a Swin's four stages (its map of token importance carries across patch
+    merging), a DETR encoder, or the Swin backbone inside a detector.
+
+    `patch` is the token-reducing forward of its blocks, `layout` their token layout for the example input,
+    `methods` the reductions the blocks support ("merge", "clip"), `needs_all_tokens` whether what reads the
+    stack's output needs every token back.
+    """
+
+    blocks: tuple[BlockSite, ...]
+    patch: ForwardPatch
+    layout: TokenLayout
+    methods: tuple[str, ...] = ("merge", "clip")
+    needs_all_tokens: bool = True
+
+    @property
+    def name(self) -> str:
+        """The common module prefix of the blocks' containers, e.g. "model.encoder.layers" (how reports and
+        messages name it)."""
+        parts = [block.name.split(".")[:-1] for block in self.blocks]
+        common = []
+        for column in zip(*parts):
+            if len(set(column)) > 1:
+                break
+            common.append(column[0])
+        return ".".join(common) or "the model's blocks"
+
+    def owns(self, name: str) -> bool:
+        return any(block.name == name for block in self.blocks)
+
+
 class ModelAdapter(ABC):
     """Describes one model family. Subclasses set the class attributes and implement the abstract methods."""
 
@@ -232,7 +265,8 @@ class ModelAdapter(ABC):
     token_reduction_methods: ClassVar[tuple[str, ...]] = ("merge", "clip")
 
     def token_reduction_blocks(self) -> list[BlockSite]:
-        """The blocks whose tokens can be reduced, in forward order (one stack); empty when unsupported."""
+        """The blocks whose tokens can be reduced, in forward order (the model's one token stack); empty when
+        unsupported. A model with several token stacks overrides `token_stacks` instead."""
         return []
 
     def output_needs_all_tokens(self) -> bool:
@@ -240,28 +274,55 @@ class ModelAdapter(ABC):
         reduced sequence must be restored to the full token map after the last block."""
         return True
 
-    def install_token_reducer(self, reducer: Any) -> None:
-        """Make every block of `token_reduction_blocks` run `token_block_patch`, driven by `reducer` (a
-        `TokenReducer`, or for windowed attention a `compressor.ops.window_tokens.WindowTokenReducer`)."""
+    def token_stacks(self, inputs: dict[str, torch.Tensor] | None = None) -> list[TokenStack]:
+        """Every run of blocks that one token reducer drives, in forward order, laid out for `inputs` (default:
+        the example input). A standalone model has one (its `token_reduction_blocks`); a detector may have two
+        (its embedded Swin backbone's blocks, then its encoder layers), each reduced on its own: tokens do not flow
+        from one into the other as a sequence (the backbone's feature map is projected and flattened anew before
+        the encoder)."""
+        backbone = self.embedded_backbone()
+        if backbone is not None and inputs is None:
+            inputs = self.example_inputs()
+        stacks = backbone.token_stacks(inputs) if backbone is not None else []
+        blocks = self.token_reduction_blocks()
+        patch = type(self).token_block_patch
+        if blocks and patch is not None:
+            stacks.append(TokenStack(blocks=tuple(blocks), patch=patch, layout=self.token_layout(inputs),
+                                     methods=type(self).token_reduction_methods,
+                                     needs_all_tokens=self.output_needs_all_tokens()))
+        return stacks
+
+    def install_token_reducer(self, reducer: Any, stack: TokenStack | None = None) -> None:
+        """Make every block of `stack` (default: the model's only token stack) run its `patch`, driven by `reducer`
+        (a `TokenReducer`, or for windowed attention a `compressor.ops.window_tokens.WindowTokenReducer`); blocks
+        are numbered 0..n-1 within the stack."""
         from compressor.errors import CompressorError
 
-        sites = self.token_reduction_blocks()
-        patch = type(self).token_block_patch
-        if not sites or patch is None:
-            raise CompressorError(f"token reduction is not supported for {self.display_name} models")
-        if self.token_reducer() is not None:
-            raise CompressorError("this model already has a token reducer (token_merge and token_clip cannot run "
-                                  "on the same model); keep one of the two passes")
-        blocks = {site.name: self.module(site.name) for site in sites}
-        patch.install(blocks)
+        stack = stack if stack is not None else self._only_token_stack()
+        if self.token_reducer(stack) is not None:
+            raise CompressorError(f"{stack.name} already has a token reducer (token_merge and token_clip cannot "
+                                  "run on the same blocks); keep one of the two passes")
+        blocks = {site.name: self.module(site.name) for site in stack.blocks}
+        stack.patch.install(blocks)
         for index, block in enumerate(blocks.values()):
             block.token_reducer, block.token_block = reducer, index
-            block.token_last = index == len(sites) - 1
+            block.token_last = index == len(blocks) - 1
 
-    def token_reducer(self) -> Any:
-        """The reducer installed on this model's blocks, if any."""
-        sites = self.token_reduction_blocks()
-        return getattr(self.module(sites[0].name), "token_reducer", None) if sites else None
+    def token_reducer(self, stack: TokenStack | None = None) -> Any:
+        """The reducer installed on `stack`'s blocks (default: the model's first token stack), if any."""
+        stacks = [stack] if stack is not None else self.token_stacks()[:1]
+        return getattr(self.module(stacks[0].blocks[0].name), "token_reducer", None) if stacks else None
+
+    def _only_token_stack(self) -> TokenStack:
+        from compressor.errors import CompressorError
+
+        stacks = self.token_stacks()
+        if not stacks:
+            raise CompressorError(f"token reduction is not supported for {self.display_name} models")
+        if len(stacks) > 1:
+            raise CompressorError(f"{self.display_name} models have {len(stacks)} token stacks "
+                                  f"({', '.join(s.name for s in stacks)}); say which one to reduce")
+        return stacks[0]
 
     # --- where the cost is (the report's per-part table) -----------------------------------------------------------
     #: (part, names of the core module's children or direct parameters it holds), in report order; an unlisted

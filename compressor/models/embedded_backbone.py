@@ -7,8 +7,9 @@ backbone module (`HFResNetAdapter`, `HFSwinAdapter`, `TimmResNetAdapter`) and re
 block sites under the detector's qualified names, their stacks prefixed (`stage0` becomes `backbone.stage0`). So
 `prune` and `tied_weights` reach a backbone block exactly as in a standalone ResNet or Swin, and an attention
 kernel for a backbone site is installed by the backbone's own adapter (which knows its attention implementation).
-Token passes choose from the adapter's `token_reduction_blocks()`; `relative()` maps a site back to the backbone's
-own names for whatever the backbone's adapter must do itself.
+Token passes choose from `ModelAdapter.token_stacks()`, which lists the backbone's token stack (a Swin backbone's
+blocks) before the detector's own; `relative()` maps a site back to the backbone's own names for whatever the
+backbone's adapter must do itself.
 
 The detector adapter's own `attention_sites()`, `ffn_sites()` and `blocks()` stay its transformer's; the passes
 choose from `all_attention_sites()` etc. (`compressor.models.base`), which put the backbone's first (it runs
@@ -23,9 +24,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TypeVar
 
+import torch
 from torch import nn
 
-from compressor.models.base import AttentionKernel, AttentionSite, BlockSite, FFNSite, ModelAdapter
+from compressor.models.base import AttentionKernel, AttentionSite, BlockSite, FFNSite, ModelAdapter, TokenStack
 
 #: what the stacks of an embedded backbone are prefixed with ("backbone.stage0")
 BACKBONE_STACK = "backbone"
@@ -74,6 +76,12 @@ class EmbeddedBackbone:
 
     def attention_sites(self) -> list[AttentionSite]:
         return [self.qualified(site) for site in self.adapter.attention_sites()]
+
+    def token_stacks(self, inputs: dict[str, torch.Tensor]) -> list[TokenStack]:
+        """The backbone's own token stacks (a Swin backbone's blocks, all four stages) under the detector's names,
+        laid out for the detector's input `inputs`."""
+        return [dataclasses.replace(stack, blocks=tuple(self.qualified(block) for block in stack.blocks))
+                for stack in self.adapter.token_stacks(inputs)]
 
     def ffn_sites(self) -> list[FFNSite]:
         return [self.qualified(site) for site in self.adapter.ffn_sites()]

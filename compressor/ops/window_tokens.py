@@ -9,7 +9,9 @@ attention is 1, kept as a map from block to block (averaged 2×2 across patch me
 runs in full and scores every token.
 
 Window partition, cyclic shift and padding are one fixed permutation of positions, so the kept tokens are gathered
-straight from the (batch, height·width, channels) map by index, and scattered back the same way.
+straight from the (batch, height·width, channels) map by index, and scattered back the same way. Padding positions
+serve as keys only (zeros, as the model pads them): the output projection and MLP skip them, which also keeps the
+denormal values their masked-out attention produces out of the matrix products (3× slower on CPU).
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ def _select(bias: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     return picked.gather(4, cols[:, :, None, None, :].expand(batch, windows, heads, k, k))
 
 
+def _residual_branches(x: Tensor, attended: Tensor, output: Callable, ffn: Callable) -> Tensor:
+    """The rest of a block after attention, on (tokens, channels) rows."""
+    x = x + output(attended)
+    return x + ffn(x)
+
+
 def sparse_window_block(hidden: Tensor, grid: tuple[int, int], positions: Tensor, keep: int,
                         importance: Tensor | None, *, norm: Callable, qkv: Callable, output: Callable, ffn: Callable,
                         position_bias: Tensor, shift_mask: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
@@ -85,11 +93,18 @@ def sparse_window_block(hidden: Tensor, grid: tuple[int, int], positions: Tensor
     if shift_mask is not None:
         bias = bias + shift_mask[None, :, None]
     heads = q.shape[1]
-    bias = _select(bias, chosen, chosen).reshape(batch * windows, heads, keep, keep)
+    if keep < area:  # the kept pairs (with every token kept, the bias is already in window order)
+        bias = _select(bias, chosen, chosen)
+    bias = bias.reshape(batch * windows, heads, keep, keep)
     probabilities = (torch.matmul(q, k.transpose(-1, -2)) * scale + bias).softmax(dim=-1)
-    attended = torch.matmul(probabilities, v).transpose(1, 2).reshape(batch * windows, keep, -1)
-    x = x + output(attended)
-    x = x + ffn(x)
+    attended = torch.matmul(probabilities, v).transpose(1, 2).reshape(batch * windows * keep, -1)
+    x = x.reshape(batch * windows * keep, channels)
+    if not bool(real.all()):  # padding serves only as keys: the projection and MLP run on real tokens only
+        rows = real.reshape(-1).nonzero().squeeze(1)
+        x = x.index_copy(0, rows, _residual_branches(x.index_select(0, rows), attended.index_select(0, rows),
+                                                     output, ffn))
+    else:
+        x = _residual_branches(x, attended, output, ffn)
     received = probabilities.mean(dim=(1, 2)) * keep                     # 1 = uniform attention
     updated = scatter_tokens(padded, flat, x.view(batch, windows * keep, channels))[:, :tokens]
     base = importance if importance is not None else hidden.new_ones(batch, tokens)
@@ -112,14 +127,17 @@ class WindowTokenReducer:
     """Drives `sparse_window_block` over a model's Swin blocks (numbered 0..n-1 in forward order) from a schedule
     of `ClipStep`s (None: the block keeps every token). Clipped tokens always pass unchanged (nothing is fused).
 
-    The first block calls `start`; each block calls `run_block`. Blocks after the last clipping block, and every
-    block when nothing is clipped, run their original forward (`uses_original_forward`).
+    The first block calls `start`; each block calls `run_block`. Blocks after the last clipping block, blocks
+    before the one that scores tokens for the first clipping block (its predecessor), and every block when nothing
+    is clipped, run their original forward (`uses_original_forward`): clipping the last two stages of a backbone
+    leaves its first stages exactly as they were, at their original cost.
     """
 
     def __init__(self, steps: list):
         self.steps = list(steps)
         reducing = [i for i, step in enumerate(self.steps) if step is not None and step.keep_ratio < 1]
         self.last_reducing = reducing[-1] if reducing else -1
+        self.first_scoring = reducing[0] - 1 if reducing else len(self.steps)
         self.importance: Tensor | None = None
         self.grid: tuple[int, int] | None = None
         self._tokens: list[int] = []
@@ -130,7 +148,7 @@ class WindowTokenReducer:
         self.last_fractions: list[float] = []
 
     def uses_original_forward(self, block: int) -> bool:
-        return block > self.last_reducing
+        return block > self.last_reducing or block < self.first_scoring
 
     def start(self, tokens: int) -> None:
         self.importance, self.grid, self._tokens, self._fractions = None, None, [tokens], []

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from compressor.errors import RecipeError
-from compressor.models.base import BlockSite, ModelAdapter
+from compressor.models.base import BlockSite, ModelAdapter, TokenStack
 from compressor.ops.token_reduction import ClipStep
 from compressor.passes.base import Param, Pass
 from compressor.passes.token_reduction import ONE_REDUCER, TokenReductionPass
@@ -37,11 +37,11 @@ class TokenClipPass(TokenReductionPass):
                             "`auto` (`cls` where the model has a class token).", choices=("auto", "cls", "mean")),
     }
 
-    def default_sites(self, adapter: ModelAdapter, candidates: list[BlockSite]) -> list[BlockSite]:
+    def default_stack_sites(self, stack: TokenStack, candidates: list[BlockSite]) -> list[BlockSite]:
         """With a class token, EViT's three blocks at 1/4, 1/2 and 3/4 of the depth; with windowed attention
         (Swin) every block (the first only scores tokens: nothing has ranked them yet); otherwise (the DETR
         encoder) the first block, so every later block runs on the kept tokens only."""
-        layout = adapter.token_layout()
+        layout = stack.layout
         if layout.window is not None:
             return candidates
         if "cls" not in layout.prefix_tokens:
@@ -58,21 +58,26 @@ class TokenClipPass(TokenReductionPass):
     def conflict(self, adapter: ModelAdapter, sites: list[BlockSite], params: dict[str, Any], other: Pass,
                  other_sites: list) -> str | None:
         """Ranking by mean attention needs the attention matrix, which an attention kernel (act) never forms."""
-        if other.replaces != "attention_kernel" or self.importance(adapter, params) != "mean":
+        if other.replaces != "attention_kernel":
             return None
-        for site in sites:
-            inside = [s.name for s in other_sites if s.name.startswith(site.name + ".")]
-            if inside:
-                return (f"token_clip ranks the tokens of {site.name} by the mean attention they receive, which "
-                        f"needs the full attention matrix {other.name}'s attention kernel never forms at {inside[0]}; "
-                        "leave that layer out of one of the two passes (targets/ignore)")
+        for stack in self.token_stacks(adapter):
+            if self.importance(stack, params) != "mean":
+                continue
+            for site in (site for site in sites if stack.owns(site.name)):
+                inside = [s.name for s in other_sites if s.name.startswith(site.name + ".")]
+                if inside:
+                    return (f"token_clip ranks the tokens of {site.name} by the mean attention they receive, which "
+                            f"needs the full attention matrix {other.name}'s attention kernel never forms at "
+                            f"{inside[0]}; leave that layer out of one of the two passes (targets/ignore)")
         return None
 
-    def importance(self, adapter: ModelAdapter, params: dict[str, Any]) -> str:
-        has_cls = adapter.token_layout().prefix_tokens[:1] == ("cls",)
+    def importance(self, stack: TokenStack, params: dict[str, Any]) -> str:
+        """`auto`: the class token's attention where the stack has one, else the mean attention received
+        (windowed stacks always rank by the attention received inside each window)."""
+        has_cls = stack.layout.prefix_tokens[:1] == ("cls",)
         if params["importance"] == "cls" and not has_cls:
-            raise RecipeError(f"token_clip.importance: `cls` needs a class token, and {adapter.display_name} "
-                              "models have none; use `mean` or `auto`")
+            raise RecipeError(f"token_clip.importance: `cls` needs a class token, and {stack.name} has none; use "
+                              "`mean` or `auto`")
         if params["importance"] == "auto":
             return "cls" if has_cls else "mean"
         return params["importance"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compressor.models.base import BlockSite, ModelAdapter
+from compressor.models.base import BlockSite, ModelAdapter, TokenStack
 from compressor.ops.token_reduction import MergeStep
 from compressor.passes.base import Param
 from compressor.passes.token_reduction import ONE_REDUCER, TokenReductionPass
@@ -26,7 +26,7 @@ class TokenMergePass(TokenReductionPass):
                                         "(ToMe). `false` gives plain bipartite merging."),
     }
 
-    def default_sites(self, adapter: ModelAdapter, candidates: list[BlockSite]) -> list[BlockSite]:
+    def default_stack_sites(self, stack: TokenStack, candidates: list[BlockSite]) -> list[BlockSite]:
         """Every block, as in ToMe."""
         return candidates
 

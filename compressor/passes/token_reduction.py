@@ -9,25 +9,45 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any
 
-from compressor.models.base import BlockSite, ModelAdapter
+from compressor.models.base import BlockSite, ModelAdapter, TokenStack
 from compressor.ops.token_reduction import ClipStep, MergeStep, ScheduledTokenReducer
 from compressor.ops.window_tokens import WindowTokenReducer
 from compressor.passes.base import Pass, PassContext
 
 #: why token_merge and token_clip exclude each other, in either order
-ONE_REDUCER = ("both drive the model's one token reducer, so they cannot run on the same model; keep one of the two "
-               "passes")
+ONE_REDUCER = ("both drive the token reducers of the model's blocks, one token reducer per block, so they cannot run "
+               "on the same model; keep one of the two passes")
 
 
 class TokenReductionPass(Pass):
+    """Targets choose blocks from every token stack of the model (`ModelAdapter.token_stacks`: one for a
+    standalone model; a Swin-backbone detector's backbone blocks and its encoder layers). Each stack that has a
+    targeted block gets its own reducer, with its own schedule; a stack with no targeted block is left untouched.
+    `auto` applies the pass's rule (`default_stack_sites`) to each stack."""
+
     site_kind = "block"
 
     #: "merge" or "clip": families name the methods their blocks support (`ModelAdapter.token_reduction_methods`)
     method: str
 
+    def token_stacks(self, adapter: ModelAdapter) -> list[TokenStack]:
+        """The stacks whose blocks support this method."""
+        return [stack for stack in adapter.token_stacks() if self.method in stack.methods]
+
     def candidate_sites(self, adapter: ModelAdapter) -> list[BlockSite]:
         """The blocks the adapter can reduce with this method (none otherwise: `auto` then says so)."""
-        return adapter.token_reduction_blocks() if self.method in adapter.token_reduction_methods else []
+        return [block for stack in self.token_stacks(adapter) for block in stack.blocks]
+
+    def default_sites(self, adapter: ModelAdapter, candidates: list[BlockSite]) -> list[BlockSite]:
+        chosen = []
+        for stack in self.token_stacks(adapter):
+            inside = [site for site in candidates if stack.owns(site.name)]
+            chosen += self.default_stack_sites(stack, inside) if inside else []
+        return chosen
+
+    @abstractmethod
+    def default_stack_sites(self, stack: TokenStack, candidates: list[BlockSite]) -> list[BlockSite]:
+        """The blocks of one stack `targets: [auto]` means."""
 
     @abstractmethod
     def plan_entry(self, adapter: ModelAdapter, site: BlockSite, params: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +57,7 @@ class TokenReductionPass(Pass):
     def step(self, entry: dict[str, Any], params: dict[str, Any]) -> MergeStep | ClipStep:
         """What a targeted block does, from its plan entry."""
 
-    def importance(self, adapter: ModelAdapter, params: dict[str, Any]) -> str:
+    def importance(self, stack: TokenStack, params: dict[str, Any]) -> str:
         """How tokens are ranked where a step needs importance (clipping)."""
         return "mean"
 
@@ -47,28 +67,42 @@ class TokenReductionPass(Pass):
 
     def rewrite(self, adapter: ModelAdapter, sites: list[BlockSite], params: dict[str, Any],
                 plan: dict[str, dict[str, Any]], seed: int) -> None:
-        steps = [self.step(plan[block.name], params) if block.name in plan else None
-                 for block in adapter.token_reduction_blocks()]
-        layout = adapter.token_layout()
-        if layout.window is not None:  # windowed attention: the same number of tokens kept in every window
-            reducer = WindowTokenReducer(steps)
-        else:
-            reducer = ScheduledTokenReducer(steps, len(layout.prefix_tokens),
-                                            importance=self.importance(adapter, params),
-                                            proportional_attention=params.get("proportional_attention", True),
-                                            keep_all_tokens=adapter.output_needs_all_tokens())
-        adapter.install_token_reducer(reducer)
+        for stack in self.token_stacks(adapter):
+            if any(block.name in plan for block in stack.blocks):
+                steps = [self.step(plan[block.name], params) if block.name in plan else None
+                         for block in stack.blocks]
+                adapter.install_token_reducer(self.reducer(stack, steps, params), stack)
+
+    def reducer(self, stack: TokenStack, steps: list, params: dict[str, Any]):
+        """One stack's reducer: windowed attention (Swin) keeps the same number of tokens in every window."""
+        if stack.layout.window is not None:
+            return WindowTokenReducer(steps)
+        return ScheduledTokenReducer(steps, len(stack.layout.prefix_tokens), importance=self.importance(stack, params),
+                                     proportional_attention=params.get("proportional_attention", True),
+                                     keep_all_tokens=stack.needs_all_tokens)
+
+    def reduced_stacks(self, adapter: ModelAdapter) -> list[tuple[TokenStack, Any]]:
+        """(stack, reducer) for every stack this model's blocks carry a reducer on, in forward order."""
+        found = [(stack, adapter.token_reducer(stack)) for stack in self.token_stacks(adapter)]
+        return [(stack, reducer) for stack, reducer in found if reducer is not None]
 
     def statistics(self, adapter: ModelAdapter, sites: list[BlockSite]) -> dict[str, Any]:
-        reducer = adapter.token_reducer()
-        tokens = list(getattr(reducer, "last_tokens", []))
-        if not tokens:
+        """The tokens each block ran on in the last forward. With one reduced stack, `tokens_in` is the count
+        entering it; with several, a count per stack (by name)."""
+        measured = [(stack, reducer, list(getattr(reducer, "last_tokens", [])))
+                    for stack, reducer in self.reduced_stacks(adapter)]
+        measured = [entry for entry in measured if entry[2]]
+        if not measured:
             return {}
-        blocks = adapter.token_reduction_blocks()
+        after = {block.name: count for stack, _, tokens in measured for block, count in zip(stack.blocks, tokens[1:])}
+        fractions = [fraction for _, reducer, _ in measured for fraction in reducer.last_fractions]
+        lines = {stack.name: f"{tokens[0]} in; after each block: " + " ".join(str(t) for t in tokens[1:])
+                 for stack, _, tokens in measured}
+        single = len(measured) == 1
         return {
-            "tokens_in": tokens[0],
-            "tokens_after_block": {block.name: count for block, count in zip(blocks, tokens[1:])},
-            "summary": {"tokens per layer": f"{tokens[0]} in; after each block: "
-                                            + " ".join(str(t) for t in tokens[1:]),
-                        "mean tokens/N": round(sum(reducer.last_fractions) / len(reducer.last_fractions), 4)},
+            "tokens_in": measured[0][2][0] if single else {stack.name: tokens[0] for stack, _, tokens in measured},
+            "tokens_after_block": after,
+            "summary": {"tokens per layer": next(iter(lines.values())) if single
+                        else "; ".join(f"{name}: {line}" for name, line in lines.items()),
+                        "mean tokens/N": round(sum(fractions) / len(fractions), 4)},
         }
