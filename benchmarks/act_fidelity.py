@@ -12,15 +12,25 @@ the mean over layers of the prototype fraction measured on the evaluation data.
 
     python benchmarks/act_fidelity.py                      # both models, writes JSON and the plot
     python benchmarks/act_fidelity.py --models minilm --quick
+    python benchmarks/act_fidelity.py --set act.only_where_it_pays=false --rounds 32 --widths 8   # one cell, as before
+
+`--reuse OLD.json` re-plans every setting but evaluates only those whose plan (the bucket width of every layer,
+`null` for exact) differs from OLD's: the same widths with the same seeds build the same model. With it, calibrated
+settings take the widths calibration chose in OLD (calibration is deterministic and `act` weighs the cost after
+it; OLD must come from a run with `act.only_where_it_pays=false`, or from before that check existed), and the plan
+still decides on the calibration data which layers pay. A setting whose plan leaves every layer exact is the
+original model and takes its score, with or without `--reuse`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -47,6 +57,7 @@ class Task:
         exact = load_source(source)
         self.adapter = exact.adapter
         self.reference = primary_outputs(exact.model, exact.adapter, batches)
+        self.exact: float | None = None  # the original model's score, once measured
 
     def score(self, model) -> tuple[float, float]:
         """(metric, mean prototypes/N over layers) of `model` on the evaluation batches."""
@@ -63,16 +74,48 @@ class Task:
             value = float(per_example_cosine(self.reference, outputs).mean())
         return value, sum(fractions) / len(fractions)
 
-    def run(self, overrides: list[str], recipe: str = "act", calibrate: bool = False) -> dict:
+    def run(self, overrides: list[str], recipe: str = "act", calibrate: bool = False,
+            previous: dict | None = None) -> dict:
+        """Compress and score one setting; `previous` (the same setting in an earlier run) lends its calibrated
+        widths and, when the plan is the same, its scores."""
         start = time.perf_counter()
-        result = compressor.compress(self.source, recipe, overrides=overrides,
-                                     calib=self.calib if calibrate else None, calib_samples=self.calib_samples,
-                                     progress=False, latency_runs=1)
-        value, fraction = self.score(result.model)
+        with reused_calibration(previous["bucket_widths"] if calibrate and previous else None):
+            result = compressor.compress(self.source, recipe, overrides=overrides,
+                                         calib=self.calib if calibrate else None, calib_samples=self.calib_samples,
+                                         progress=False, latency_runs=1)
         plan = result.recipe.to_dict()["compress_stage"]["act"]["plan"]
-        return {"overrides": overrides, self.metric: round(value, 4), "prototypes_per_token": round(fraction, 4),
-                "bucket_widths": [entry["bucket_width"] for entry in plan.values()],
-                "seconds": round(time.perf_counter() - start, 1)}
+        widths = [entry["bucket_width"] for entry in plan.values()]
+        flops = result.report["flops"]
+        entry = {"overrides": overrides, "bucket_widths": widths, "left_exact": widths.count(None),
+                 "flops_after_over_before": round(flops["after"] / flops["before"], 4)}
+        if previous and previous["bucket_widths"] == widths:
+            entry.update({key: previous[key] for key in (self.metric, "prototypes_per_token")}, reused="scores")
+        elif widths.count(None) == len(widths) and self.exact is not None:  # the original model
+            entry.update({self.metric: self.exact, "prototypes_per_token": 1.0}, reused="exact scores")
+        else:
+            value, fraction = self.score(result.model)
+            entry.update({self.metric: round(value, 4), "prototypes_per_token": round(fraction, 4)})
+            if calibrate and previous:
+                entry["reused"] = "calibrated widths"
+        return {**entry, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def reused_calibration(widths: list[float | None] | None):
+    """Calibration that returns the widths an earlier run chose (None: calibrate for real)."""
+    if widths is None:
+        return contextlib.nullcontext()
+    import compressor.passes.act_calibration as calibration
+
+    return mock.patch.object(calibration, "calibrate_bucket_widths", lambda *args, **kwargs: list(widths))
+
+
+def previous_entries(path: Path | None, model: str) -> dict[tuple, dict]:
+    """An earlier run's settings of `model`, by (rounds, bucket width) and (rounds, fidelity target)."""
+    if path is None:
+        return {}
+    (result,) = [r for r in json.loads(path.read_text())["results"] if r["model"] == model]
+    return {**{(e["rounds"], e["bucket_width"]): e for e in result["grid"]},
+            **{(e["rounds"], e["fidelity_target"]): e for e in result["calibrated"]}}
 
 
 def make_task(name: str, quick: bool) -> Task:
@@ -90,22 +133,25 @@ def best_fixed_at_least(grid: list[dict], metric: str, value: float) -> dict | N
     return min(eligible, key=lambda entry: entry["prototypes_per_token"]) if eligible else None
 
 
-def benchmark(task: Task, targets: list[float], calibrated_rounds: list[int], quick: bool) -> dict:
-    exact = task.score(load_source(task.source).model)[0]
+def benchmark(task: Task, args: argparse.Namespace) -> dict:
+    exact = task.exact = round(task.score(load_source(task.source).model)[0], 4)
     print(f"\n{task.name}: exact {task.metric} {exact:.4f}")
+    previous = previous_entries(args.reuse, task.name)
     grid = []
-    for rounds in (ROUNDS[1:3] if quick else ROUNDS):
-        for width in (WIDTHS[1::3] if quick else WIDTHS):
-            entry = task.run([f"act.rounds={rounds}", f"act.bucket_width={width}"])
+    for rounds in args.rounds or (ROUNDS[1:3] if args.quick else ROUNDS):
+        for width in args.widths or (WIDTHS[1::3] if args.quick else WIDTHS):
+            entry = task.run([f"act.rounds={rounds}", f"act.bucket_width={width}", *args.set],
+                             previous=previous.get((rounds, width)))
             entry.update(rounds=rounds, bucket_width=width)
             grid.append(entry)
             print(f"  L={rounds:<3} r={width:<4} prototypes/N {entry['prototypes_per_token']:.3f}  "
-                  f"{task.metric} {entry[task.metric]:.4f}")
+                  f"{task.metric} {entry[task.metric]:.4f}  left exact {entry['left_exact']}  "
+                  f"FLOPs ×{entry['flops_after_over_before']:.4f}", flush=True)
     calibrated = []
-    for rounds in calibrated_rounds:
-        for target in targets:
-            entry = task.run([f"act.rounds={rounds}", f"act.fidelity_target={target}"], recipe="act-calibrated",
-                             calibrate=True)
+    for rounds in args.calibrated_rounds:
+        for target in args.targets:
+            entry = task.run([f"act.rounds={rounds}", f"act.fidelity_target={target}", *args.set],
+                             recipe="act-calibrated", calibrate=True, previous=previous.get((rounds, target)))
             entry.update(rounds=rounds, fidelity_target=target)
             fixed = best_fixed_at_least(grid, task.metric, entry[task.metric])
             entry["best_fixed_at_equal_or_better_fidelity"] = fixed and {
@@ -114,7 +160,7 @@ def benchmark(task: Task, targets: list[float], calibrated_rounds: list[int], qu
             beaten = (f"best fixed at ≥ that {task.metric}: L={fixed['rounds']} r={fixed['bucket_width']} "
                       f"prototypes/N {fixed['prototypes_per_token']:.3f}") if fixed else "no fixed setting as faithful"
             print(f"  calibrated L={rounds} target {target}: prototypes/N {entry['prototypes_per_token']:.3f}  "
-                  f"{task.metric} {entry[task.metric]:.4f}  widths {entry['bucket_widths']}  ({beaten})")
+                  f"{task.metric} {entry[task.metric]:.4f}  widths {entry['bucket_widths']}  ({beaten})", flush=True)
     return {"model": task.name, "metric": task.metric, "exact": round(exact, 4), "grid": grid,
             "calibrated": calibrated, "evaluation_examples": sum(len(next(iter(b.values()))) for b in task.batches),
             "calibration": {"data": task.calib, "examples": task.calib_samples}}
@@ -139,16 +185,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["vit", "minilm"], choices=["vit", "minilm"])
     parser.add_argument("--targets", nargs="+", type=float, default=[0.95, 0.98, 0.99, 0.995])
-    parser.add_argument("--calibrated-rounds", nargs="+", type=int, default=[8, 16])
+    parser.add_argument("--calibrated-rounds", nargs="*", type=int, default=[8, 16],
+                        help="rounds of the calibrated settings (none: the fixed grid only)")
+    parser.add_argument("--rounds", nargs="+", type=int, help=f"the grid's rounds (default {ROUNDS})")
+    parser.add_argument("--widths", nargs="+", type=float, help=f"the grid's bucket widths (default {WIDTHS})")
+    parser.add_argument("--set", nargs="*", default=[], metavar="PASS.PARAM=VALUE",
+                        help="recipe overrides for every setting, e.g. act.only_where_it_pays=false")
+    parser.add_argument("--reuse", type=Path, metavar="OLD.json",
+                        help="evaluate only settings whose plan differs from OLD's; reuse its calibrated widths")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (fewer examples and settings)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "act_fidelity.json")
     parser.add_argument("--plot", type=Path, default=HERE.parent / "docs" / "act_fidelity.png")
     args = parser.parse_args()
     torch.manual_seed(0)
-    results = [benchmark(make_task(name, args.quick), args.targets, args.calibrated_rounds, args.quick)
-               for name in args.models]
+    results = [benchmark(make_task(name, args.quick), args) for name in args.models]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"results": results, "threads": torch.get_num_threads()}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"results": results, "threads": torch.get_num_threads(), "set": args.set,
+                                    "reused_from": args.reuse and str(args.reuse)}, indent=2) + "\n")
     plot(results, args.plot)
     print(f"\nwrote {args.out} and {args.plot}")
 

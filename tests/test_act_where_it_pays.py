@@ -4,8 +4,10 @@ report says which and why, and `act` never raises the FLOPs the report measures.
 from __future__ import annotations
 
 import pytest
+import torch
 
 import compressor
+from compressor.cli import main
 from compressor.report import format_table
 from compressor.sources import load_source
 
@@ -55,3 +57,39 @@ def test_act_never_raises_the_measured_flops(hf_bert_dir, cluster):
     result = compressor.compress(hf_bert_dir, "act", overrides=[f"act.cluster={cluster}", "act.rounds=8"],
                                  input_size=(64,), progress=False, latency_runs=1)
     assert result.report["flops"]["after"] <= result.report["flops"]["before"]
+
+
+def test_with_the_check_off_every_targeted_layer_is_clustered_even_where_it_costs_more(hf_vit_dir):
+    """`only_where_it_pays: false` is how `act` behaved before it weighed the cost: the same 17-token layers that
+    the check leaves exact get a bucket width and a kernel, and the FLOPs rise."""
+    result = compressor.compress(hf_vit_dir, "act", overrides=["act.only_where_it_pays=false"], progress=False,
+                                 latency_runs=1)
+    act = result.report["passes"][0]
+    assert len(_kernels(result.model)) == len(act["sites"]) > 0
+    assert act["statistics"]["left_exact"] == {}
+    assert all(entry == {"bucket_width": 8.0} for entry in result.recipe.to_dict()["compress_stage"]["act"]["plan"].values())
+    assert result.report["flops"]["after"] > result.report["flops"]["before"]
+
+
+@pytest.mark.parametrize("fixture", ["hf_vit_dir", "hf_detr_dir"])
+def test_with_the_check_off_singleton_clusters_still_reproduce_the_original_model(fixture, request):
+    """The exact setting (a bucket width no two tokens share) stays exact with real kernels installed."""
+    source = request.getfixturevalue(fixture)
+    original = load_source(source)
+    result = compressor.compress(source, "act", overrides=["act.bucket_width=1e-5", "act.only_where_it_pays=false"],
+                                 progress=False, latency_runs=1)
+    assert len(_kernels(result.model)) == len(result.report["passes"][0]["sites"]) > 0
+    inputs = original.adapter.example_inputs(batch_size=2, seed=3)
+    with torch.no_grad():
+        before = original.adapter.primary_output(original.model(**inputs), inputs)
+        after = result.loaded.adapter.primary_output(result.model(**inputs), inputs)
+    assert (before - after).abs().max().item() <= 1e-5
+    assert result.report["passes"][0]["summary"]["mean prototypes/N"] == 1.0
+
+
+def test_a_switch_that_is_not_true_or_false_is_refused_in_one_line(hf_vit_dir, tmp_path, capsys):
+    assert main(["compress", str(hf_vit_dir), "--recipe", "act", "--set", "act.only_where_it_pays=maybe",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "only_where_it_pays" in error and "true or false" in error and "\n" not in error
+    assert not (tmp_path / "out").exists()

@@ -38,6 +38,10 @@ class ACTPass(Pass):
                                [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0],
                                "The bucket widths calibration chooses from, per layer (a layer may also be "
                                "left exact when no width meets the target cheaply).", greater_than=0),
+        "only_where_it_pays": Param("bool", True, "Leave exact every layer where clustering would cost at least "
+                                    "the FLOPs of exact attention (short sequences, many rounds), so `act` never "
+                                    "raises FLOPs. `false` clusters every targeted layer even where that costs more "
+                                    "(how `act` behaved before it weighed the cost)."),
     }
 
     def __init__(self) -> None:
@@ -62,7 +66,7 @@ class ACTPass(Pass):
     def plan(self, adapter: ModelAdapter, sites: list[AttentionSite], params: dict[str, Any],
              context: PassContext) -> dict[str, dict[str, Any]]:
         """Bucket widths per site (calibrated with `fidelity_target`), and exact attention where ACT does not pay
-        (`act_cost`). Kernels are tried on a scratch copy: the model stays exact while planning."""
+        (`act_cost`; unless `only_where_it_pays` is false). Kernels are tried on a scratch copy: the model stays exact while planning."""
         self.require_calibration(params, context)
         scratch = scratch_adapter(adapter)
         self.rewrite(scratch, sites, params, {s.name: {"bucket_width": params["bucket_width"]} for s in sites},
@@ -75,10 +79,12 @@ class ACTPass(Pass):
             widths = calibrate_bucket_widths(scratch, kernels, params, context)
             self.left_exact = {site.name: "calibration: exact attention is needed to reach fidelity_target"
                                for site, width in zip(sites, widths) if width is None}
-        batches = context.calibration or [context.example or scratch.example_inputs(batch_size=1, seed=context.seed)]
-        data = "the calibration data" if context.calibration else "the example input"
-        self.left_exact.update(sites_left_exact(scratch, [site.name for site in sites], kernels, widths, batches,
-                                                data))
+        if params["only_where_it_pays"]:
+            batches = context.calibration or [context.example
+                                              or scratch.example_inputs(batch_size=1, seed=context.seed)]
+            data = "the calibration data" if context.calibration else "the example input"
+            self.left_exact.update(sites_left_exact(scratch, [site.name for site in sites], kernels, widths,
+                                                    batches, data))
         return {site.name: {"bucket_width": None if site.name in self.left_exact else width}
                 for site, width in zip(sites, widths)}
 

@@ -86,5 +86,6 @@ def describe_left_exact(reasons: dict[str, str], sites: int) -> dict[str, Any]:
     summary: dict[str, Any] = {"left exact": f"{len(reasons)} of {sites} (statistics.left_exact says why)"}
     if len(reasons) == sites:
         summary["warning"] = (f"act changed nothing: every site is left exact ({next(iter(reasons.values()))}); "
-                              "fewer rounds, wider buckets or longer inputs let ACT pay")
+                              "fewer rounds, wider buckets or longer inputs let ACT pay "
+                              "(act.only_where_it_pays=false clusters anyway)")
     return summary
