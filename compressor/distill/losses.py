@@ -1,5 +1,6 @@
-"""Distillation losses: logits KL with temperature, the embedding distance of models without logits (bare encoders
-such as a sentence embedder), hidden-feature MSE at matched layers, and MTKD for DETR.
+"""Distillation losses: logits KL with temperature (softmax classes, or sigmoid ones for focal-loss detectors), the
+embedding distance of models without logits (bare encoders such as a sentence embedder), hidden-feature MSE at
+matched layers, and MTKD for DETR.
 
 Each returns a scalar; the trainer weights and sums them. Hinton's T² factor keeps the KL gradient's scale
 independent of the temperature.
@@ -11,12 +12,35 @@ import torch
 from torch.nn import functional as F
 
 
-def logits_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T² · KL(softmax(teacher / T) ‖ softmax(student / T)), averaged over every prediction (image or query)."""
-    classes = student.shape[-1]
-    student = F.log_softmax(student.reshape(-1, classes).float() / temperature, -1)
-    teacher = F.log_softmax(teacher.reshape(-1, classes).float() / temperature, -1)
-    return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature ** 2
+#: how class logits become probabilities: one softmax over the classes, or an independent sigmoid per class
+CLASS_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def prediction_kl(student: torch.Tensor, teacher: torch.Tensor, activation: str = "softmax") -> torch.Tensor:
+    """KL(teacher ‖ student) of each prediction's class probabilities: (..., classes) logits -> (...).
+
+    `softmax`: one distribution over the classes. `sigmoid` (focal-loss detectors such as Conditional DETR, which
+    have no "no object" class): each class is a Bernoulli of probability σ(logit), and the KLs of the classes add up.
+    A softmax over sigmoid logits would compare shares of a total that the model never normalised.
+    """
+    student, teacher = student.float(), teacher.float()
+    if activation == "sigmoid":  # log p and log(1 − p) of each class, as a two-outcome distribution
+        student = torch.stack([F.logsigmoid(student), F.logsigmoid(-student)], -1)
+        teacher = torch.stack([F.logsigmoid(teacher), F.logsigmoid(-teacher)], -1)
+    elif activation == "softmax":
+        student, teacher = F.log_softmax(student, -1), F.log_softmax(teacher, -1)
+    else:
+        raise ValueError(f"activation must be one of {CLASS_ACTIVATIONS}, not {activation!r}")
+    kl = F.kl_div(student, teacher, log_target=True, reduction="none")
+    return kl.sum(-1).sum(-1) if activation == "sigmoid" else kl.sum(-1)
+
+
+def logits_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+              activation: str = "softmax") -> torch.Tensor:
+    """T² · KL(p(teacher / T) ‖ p(student / T)), averaged over every prediction (image or query); p is the softmax
+    over classes, or with `activation="sigmoid"` each class's own sigmoid (see `prediction_kl`)."""
+    return prediction_kl(student.float() / temperature, teacher.float() / temperature, activation).mean() * \
+        temperature ** 2
 
 
 #: how `embedding_distance` compares two embeddings

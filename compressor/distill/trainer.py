@@ -109,7 +109,8 @@ class LossComputer:
             parts["embedding"] = embedding_distance(student_logits, teacher_logits, config.embedding_loss) * \
                 config.kd_weight
         elif config.kd_weight > 0:
-            parts["kd"] = logits_kl(student_logits, teacher_logits, config.temperature) * config.kd_weight
+            activation = self.adapter.query_class_activation if self.task == DETECTION else "softmax"
+            parts["kd"] = logits_kl(student_logits, teacher_logits, config.temperature, activation) * config.kd_weight
         if config.feature_weight > 0:
             if getattr(outputs, "hidden_states", None) is None:
                 raise CompressorError("feature distillation needs hidden states; this model does not return them "

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from compressor.distill.losses import prediction_kl
 from compressor.models.base import ModelAdapter
 
 
@@ -32,10 +33,10 @@ def mean_cosine(reference: list[torch.Tensor], outputs: list[torch.Tensor]) -> f
     return float(per_example_cosine(reference, outputs).mean())
 
 
-def logit_kl(reference: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(reference ‖ model) of the softmax over the last dimension, per example (averaged over any query axis)."""
-    kl = F.kl_div(F.log_softmax(logits.float(), -1), F.log_softmax(reference.float(), -1), log_target=True,
-                  reduction="none").sum(-1)
+def logit_kl(reference: torch.Tensor, logits: torch.Tensor, activation: str = "softmax") -> torch.Tensor:
+    """KL(reference ‖ model) of the class probabilities (softmax over the last dimension, or per-class sigmoids), per
+    example (averaged over any query axis)."""
+    kl = prediction_kl(logits, reference, activation)
     return kl.reshape(kl.shape[0], -1).mean(1)
 
 
@@ -57,12 +58,14 @@ class FidelityMeter:
 
     def update(self, task: str, primary: torch.Tensor, reference_primary: torch.Tensor,
                queries: tuple[torch.Tensor, torch.Tensor] | None = None,
-               reference_queries: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        """One batch: primary outputs (batch, features) and, for detectors, (logits, boxes) per query."""
+               reference_queries: tuple[torch.Tensor, torch.Tensor] | None = None,
+               query_class_activation: str = "softmax") -> None:
+        """One batch: primary outputs (batch, features) and, for detectors, (logits, boxes) per query and how their
+        class logits become probabilities (the adapter's `query_class_activation`)."""
         primary, reference_primary = primary.float(), reference_primary.float()
         self._add("cosine", F.cosine_similarity(primary.flatten(1), reference_primary.flatten(1), dim=1))
         if queries is not None and reference_queries is not None:
-            self._add("logit_kl", logit_kl(reference_queries[0], queries[0]))
+            self._add("logit_kl", logit_kl(reference_queries[0], queries[0], query_class_activation))
             distance = (queries[1].float() - reference_queries[1].float()).norm(dim=-1)
             self._add("box_l2", distance.mean(dim=1))
         elif task == "image-classification":

@@ -135,7 +135,8 @@ def evaluate(loaded: LoadedModel, data: LabelledData, *, reference: LoadedModel 
                 fidelity.update(outputs_are, loaded.adapter.primary_output(outputs, inputs),
                                 reference.adapter.primary_output(reference_outputs, reference_inputs),
                                 loaded.adapter.query_predictions(outputs),
-                                reference.adapter.query_predictions(reference_outputs))
+                                reference.adapter.query_predictions(reference_outputs),
+                                loaded.adapter.query_class_activation)
             bar.update(stop - start)
     seconds = time.perf_counter() - started
     return {

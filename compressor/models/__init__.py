@@ -9,6 +9,7 @@ from compressor.models.base import (AttentionKernel, AttentionSite, BlockSite, F
                                     TokenLayout)
 from compressor.models.cifar_resnet import CifarResNetAdapter
 from compressor.models.hf_bert import HFBertAdapter
+from compressor.models.hf_conditional_detr import HFConditionalDetrAdapter
 from compressor.models.hf_detr import HFDetrAdapter
 from compressor.models.hf_resnet import HFResNetAdapter
 from compressor.models.hf_swin import HFSwinAdapter
@@ -18,7 +19,7 @@ from compressor.models.timm_swin import TimmSwinAdapter
 from compressor.models.timm_vit import TimmViTAdapter
 
 ADAPTER_CLASSES: list[type[ModelAdapter]] = [
-    HFViTAdapter, HFSwinAdapter, HFResNetAdapter, HFDetrAdapter, HFBertAdapter,
+    HFViTAdapter, HFSwinAdapter, HFResNetAdapter, HFDetrAdapter, HFConditionalDetrAdapter, HFBertAdapter,
     TimmViTAdapter, TimmSwinAdapter, TimmResNetAdapter, CifarResNetAdapter,
 ]
 

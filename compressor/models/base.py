@@ -225,6 +225,11 @@ class ModelAdapter(ABC):
         raise CompressorError(f"{self.display_name} models do not detect objects; evaluate them on "
                               "classification data")
 
+    #: how a set-prediction detector's class logits become probabilities, for MTKD's and fidelity's per-query KL:
+    #: "softmax" over the classes (DETR, whose last class is "no object") or "sigmoid", each class on its own
+    #: (focal-loss detectors such as Conditional DETR)
+    query_class_activation: ClassVar[str] = "softmax"
+
     def query_predictions(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A set-prediction detector's per-query class logits (batch, queries, classes) and normalised boxes
         (batch, queries, 4), in query order; None for every other model. Fidelity and MTKD compare these."""

@@ -12,7 +12,7 @@ DetrForObjectDetection, `detr.model` under DetrForSegmentation and the root for 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -25,12 +25,6 @@ from compressor.models.patches.transformers import TOKEN_REDUCING_DETR_ENCODER_L
 COCO_BENCHMARK_SIZE = (800, 1066)
 #: (height, width) of a typical COCO val2017 image, e.g. 000000039769
 COCO_IMAGE_SIZE = (480, 640)
-
-
-def _layer_classes() -> tuple[type, type]:
-    from transformers.models.detr.modeling_detr import DetrDecoderLayer, DetrEncoderLayer
-
-    return DetrEncoderLayer, DetrDecoderLayer
 
 
 class HFDetrAdapter(EmbeddedBackboneSites, HFVisionAdapter):
@@ -56,6 +50,9 @@ class HFDetrAdapter(EmbeddedBackboneSites, HFVisionAdapter):
                           ("decoder", ("decoder",)),
                           ("heads", ("query_position_embeddings",)))
     head_part = "heads"
+    #: (child, kind) of the decoder layer's attention modules the passes can rewrite (q/k/v/o projections around
+    #: one softmax); a family that lists none has its decoder layers' MLPs as sites, not their attention or blocks
+    decoder_attention: ClassVar[tuple[tuple[str, str], ...]] = (("self_attn", "self"), ("encoder_attn", "cross"))
 
     def core_module(self) -> str:
         """The DetrModel (the root, `model`, or `detr.model` under DetrForSegmentation): backbone, encoder and
@@ -63,9 +60,16 @@ class HFDetrAdapter(EmbeddedBackboneSites, HFVisionAdapter):
         return next(name for name, module in self.model.named_modules()
                     if {"backbone", "encoder", "decoder"} <= set(module._modules))
 
+    @staticmethod
+    def layer_classes() -> tuple[type, type]:
+        """The family's (encoder layer, decoder layer) classes."""
+        from transformers.models.detr.modeling_detr import DetrDecoderLayer, DetrEncoderLayer
+
+        return DetrEncoderLayer, DetrDecoderLayer
+
     def _layers(self) -> list[tuple[str, str, int]]:
         """(stack, layer name, index within the stack) for every encoder then decoder layer."""
-        encoder_layer, decoder_layer = _layer_classes()
+        encoder_layer, decoder_layer = self.layer_classes()
         found = []
         for stack, layer_class in (("encoder", encoder_layer), ("decoder", decoder_layer)):
             found += [(stack, name, index) for index, (name, _) in enumerate(self.named_modules_of_type(layer_class))]
@@ -74,9 +78,8 @@ class HFDetrAdapter(EmbeddedBackboneSites, HFVisionAdapter):
     def attention_sites(self) -> list[AttentionSite]:
         sites = []
         for stack, name, index in self._layers():
-            sites.append(self.make_attention_site(f"{name}.self_attn", stack, index))
-            if stack == "decoder":
-                sites.append(self.make_attention_site(f"{name}.encoder_attn", stack, index, kind="cross"))
+            children = (("self_attn", "self"),) if stack == "encoder" else self.decoder_attention
+            sites += [self.make_attention_site(f"{name}.{child}", stack, index, kind=kind) for child, kind in children]
         return sites
 
     def ffn_sites(self) -> list[FFNSite]:
@@ -84,7 +87,8 @@ class HFDetrAdapter(EmbeddedBackboneSites, HFVisionAdapter):
 
     def blocks(self) -> list[BlockSite]:
         return [BlockSite(name=name, stack=stack, layer=index, kind="transformer", attention=f"{name}.self_attn",
-                          ffn=f"{name}.mlp") for stack, name, index in self._layers()]
+                          ffn=f"{name}.mlp") for stack, name, index in self._layers()
+                if stack == "encoder" or self.decoder_attention]
 
     # --- token reduction ------------------------------------------------------------------------------------------
     token_block_patch = TOKEN_REDUCING_DETR_ENCODER_LAYER

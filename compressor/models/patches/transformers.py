@@ -1,4 +1,5 @@
-"""Every patch of a transformers forward: the token-reducing layers of ViT/DeiT, Swin, BERT and the DETR encoder.
+"""Every patch of a transformers forward: the token-reducing layers of ViT/DeiT, Swin, BERT and the DETR (and
+Conditional DETR) encoder.
 
 Attention kernels need no patch in transformers (they are routed through its AttentionInterface, see
 `compressor.models.hf_common`). Each forward below replaces a layer's forward and computes the layer's attention
@@ -58,6 +59,11 @@ DETR_ENCODER_LAYER = _host("detr.modeling_detr:DetrEncoderLayer",
                            "adb2d5b97946c1dc")
 DETR_SELF_ATTENTION = _host("detr.modeling_detr:DetrSelfAttention", "(self, hidden_states, attention_mask=None, "
                             "position_embeddings=None, **kwargs)", "aa60b151dc754263")
+#: Conditional DETR's encoder is DETR's, line for line (same fingerprints): the DETR encoder-layer patch serves both
+CONDITIONAL_DETR_ENCODER_LAYER = _host("conditional_detr.modeling_conditional_detr:ConditionalDetrEncoderLayer",
+                                       DETR_ENCODER_LAYER.signature, "adb2d5b97946c1dc")
+CONDITIONAL_DETR_SELF_ATTENTION = _host("conditional_detr.modeling_conditional_detr:ConditionalDetrSelfAttention",
+                                        DETR_SELF_ATTENTION.signature, "aa60b151dc754263")
 
 
 def token_reducing_vit_layer_forward(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None,
@@ -126,8 +132,9 @@ def token_reducing_bert_layer_forward(layer: nn.Module, hidden_states: torch.Ten
 
 def token_reducing_detr_encoder_layer_forward(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None,
                                               spatial_position_embeddings=None, **kwargs) -> torch.Tensor:
-    """DetrEncoderLayer.forward (post-norm, inference) with the tokens reduced after the whole layer: a token that
-    leaves has been through complete layers only, and passes the remaining ones unchanged (sparse updates)."""
+    """DetrEncoderLayer.forward (post-norm, inference; ConditionalDetrEncoderLayer's is the same) with the tokens
+    reduced after the whole layer: a token that leaves has been through complete layers only, and passes the
+    remaining ones unchanged (sparse updates)."""
     reducer, attention = layer.token_reducer, layer.self_attn
     if layer.token_block == 0:
         reducer.start(hidden_states, padding=real_tokens(attention_mask, hidden_states.shape[0]),
@@ -155,7 +162,8 @@ TOKEN_REDUCING_BERT_LAYER = ForwardPatch(
     inlines=(("attention", (BERT_ATTENTION,)), ("attention.self", (BERT_SELF_ATTENTION,)),
              ("attention.output", (BERT_SELF_OUTPUT,)), ("output", (BERT_OUTPUT,))))
 TOKEN_REDUCING_DETR_ENCODER_LAYER = ForwardPatch(
-    "TokenReducing", token_reducing_detr_encoder_layer_forward, replaces=(DETR_ENCODER_LAYER,),
-    inlines=(("self_attn", (DETR_SELF_ATTENTION,)),))
+    "TokenReducing", token_reducing_detr_encoder_layer_forward,
+    replaces=(DETR_ENCODER_LAYER, CONDITIONAL_DETR_ENCODER_LAYER),
+    inlines=(("self_attn", (DETR_SELF_ATTENTION, CONDITIONAL_DETR_SELF_ATTENTION)),))
 PATCHES = (TOKEN_REDUCING_VIT_LAYER, TOKEN_REDUCING_SWIN_LAYER, TOKEN_REDUCING_BERT_LAYER,
            TOKEN_REDUCING_DETR_ENCODER_LAYER)
