@@ -221,3 +221,15 @@ def test_mtkd_distils_the_per_class_sigmoids(coco_act_student):
     sigmoid, softmax = (logits_kl(logits, reference, config.temperature, activation).item() * config.kd_weight
                         for activation in ("sigmoid", "softmax"))
     assert parts["kd"] == pytest.approx(sigmoid, rel=1e-4) and parts["kd"] != pytest.approx(softmax, rel=1e-2)
+
+
+def test_a_processor_that_resizes_to_a_fixed_size_sets_the_example_size(tmp_path):
+    """A detector trained on fixed-size canvases is measured at that size, not at COCO's 800×1066."""
+    from transformers import ConditionalDetrImageProcessor
+
+    directory = tmp_path / "fixed"
+    small_conditional_detr().save_pretrained(directory)
+    ConditionalDetrImageProcessor(size={"height": 96, "width": 128}, do_pad=False).save_pretrained(directory)
+    adapter = load_source(directory).adapter
+    assert adapter.native_image_size() == (96, 128)
+    assert adapter.example_inputs()["pixel_values"].shape[-2:] == (96, 128)

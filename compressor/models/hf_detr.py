@@ -99,10 +99,13 @@ class HFDetrAdapter(EmbeddedBackboneSites, HFVisionAdapter):
 
     # --- inputs --------------------------------------------------------------------------------------------------
     def native_image_size(self) -> tuple[int, int]:
-        """What the processor makes of a 640×480 COCO image (800×1066 with DETR's defaults)."""
+        """What the processor makes of a 640×480 COCO image (800×1066 with DETR's defaults; its fixed size when it
+        resizes to one)."""
         from transformers.image_transforms import get_size_with_aspect_ratio
 
         size = getattr(self.processor, "size", None)
+        if size is not None and size_field(size, "height") and size_field(size, "width"):
+            return size_field(size, "height"), size_field(size, "width")
         shortest = size_field(size, "shortest_edge") if size is not None else None
         if not shortest:
             return self.default_image_size
