@@ -35,7 +35,8 @@ DETECTIONS_PER_IMAGE = 100
 class HFConditionalDetrAdapter(HFDetrAdapter):
     """ConditionalDetrModel / ConditionalDetrForObjectDetection / ConditionalDetrForSegmentation.
 
-    Stacks: "encoder" (sites as in DETR) and "decoder" (MLP sites only, see the module docstring).
+    Stacks: "encoder" (sites as in DETR) and "decoder" (MLP sites only, see the module docstring); the backbone's
+    sites are DETR's (`compressor.models.embedded_backbone`).
     """
 
     family = "hf-conditional-detr"
