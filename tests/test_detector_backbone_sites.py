@@ -176,3 +176,18 @@ def test_detr_max_ends_with_mtkd_distillation_of_the_pruned_detector(detr_timm_b
     assert {"task", "task_original", "box_l2", "kd"} <= set(record)
     stem = compressor.load(out).get_submodule("model.backbone.model.conv1")
     assert stem.out_channels == stem.weight.shape[0] < 64  # ResNet-18's stem, pruned, rebuilt on reload
+
+
+def test_the_token_layout_is_the_sequence_the_encoder_reads(backbone):
+    """The encoder's grid comes from the backbone that feeds it (its last out_features stage), not a fixed 32."""
+    _, source = backbone
+    loaded = load_source(source)
+    inputs = loaded.adapter.example_inputs(size=(96, 160))
+    lengths = []
+    encoder_layer = loaded.adapter.module(loaded.adapter.token_reduction_blocks()[0].name)
+    hook = encoder_layer.register_forward_pre_hook(lambda module, args, kwargs: lengths.append(
+        (args[0] if args else kwargs["hidden_states"]).shape[1]), with_kwargs=True)
+    with torch.no_grad():
+        loaded.model(**inputs)
+    hook.remove()
+    assert lengths == [loaded.adapter.token_layout(inputs).sequence_length]

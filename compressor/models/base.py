@@ -19,7 +19,6 @@ from torch import nn
 from compressor.ops.attention_kernel import AttentionKernel
 
 if TYPE_CHECKING:
-    from compressor.models.embedded_backbone import EmbeddedBackbone
     from compressor.models.patches import ForwardPatch
 
 
@@ -239,8 +238,9 @@ class ModelAdapter(ABC):
         return self.model.get_submodule(name)
 
     # --- sites of an embedded model (a detector's backbone) ------------------------------------------------------
-    def embedded_backbone(self) -> EmbeddedBackbone | None:
-        """The backbone inside this model that a family adapter of its own describes (detectors), else None."""
+    def embedded_backbone(self) -> Any:
+        """The backbone inside this model that a family adapter of its own describes (detectors: a
+        `compressor.models.embedded_backbone.EmbeddedBackbone`), else None."""
         return None
 
     def all_attention_sites(self) -> list[AttentionSite]:

@@ -28,6 +28,13 @@ import torch
 from torch import nn
 
 from compressor.models.base import AttentionKernel, AttentionSite, BlockSite, FFNSite, ModelAdapter, TokenStack
+from compressor.models.hf_resnet import HFResNetAdapter
+from compressor.models.hf_swin import HFSwinAdapter
+from compressor.models.timm_resnet import TimmResNetAdapter
+
+#: the families a DETR-family detector's backbone can be (transformers' AutoBackbone ResNet and Swin, timm's
+#: features-only ResNet), named here rather than taken from the registry, which imports the detectors
+BACKBONE_FAMILIES: tuple[type[ModelAdapter], ...] = (HFResNetAdapter, HFSwinAdapter, TimmResNetAdapter)
 
 #: what the stacks of an embedded backbone are prefixed with ("backbone.stage0")
 BACKBONE_STACK = "backbone"
@@ -96,13 +103,11 @@ def find_embedded_backbone(model: nn.Module) -> EmbeddedBackbone | None:
     DETR-family detectors wrap their backbone in a module named `backbone` whose `model` is the network itself
     (transformers' DetrConvEncoder, ConditionalDetrConvEncoder, ...).
     """
-    from compressor.models import ADAPTER_CLASSES  # the registry imports the detector adapters
-
     for name, module in model.named_modules():
         inner = getattr(module, "model", None) if name.rsplit(".", 1)[-1] == "backbone" else None
         if not isinstance(inner, nn.Module):
             continue
-        for cls in ADAPTER_CLASSES:
+        for cls in BACKBONE_FAMILIES:
             if cls.handles(inner):
                 return EmbeddedBackbone(prefix=f"{name}.model", adapter=cls(inner))
     return None

@@ -127,8 +127,18 @@ class HFDetrAdapter(EmbeddedBackboneSites, HFVisionAdapter):
         return DetrImageProcessor()
 
     def feature_stride(self) -> int:
-        """The backbone's total stride: 32, or 16 for the dilated-C5 (DC5) variants."""
+        """The backbone's total stride at the feature map the encoder reads: for transformers' AutoBackbone
+        ResNet and Swin, that of its last `out_features` stage (a ResNet's stem has stride 4 and each later stage
+        halves, a Swin's patches are `patch_size` and each later stage halves); for timm's ResNet-50, 32, or 16 for
+        the dilated-C5 (DC5) variants."""
         backbone = getattr(self.config, "backbone_config", None)
+        last_stage = max(getattr(backbone, "out_indices", None) or [0])
+        model_type = getattr(backbone, "model_type", None)
+        if model_type == "resnet" and last_stage:
+            first = 2 if backbone.downsample_in_first_stage else 1
+            return 4 * first * 2 ** (last_stage - 1)
+        if model_type == "swin" and last_stage:
+            return int(backbone.patch_size) * 2 ** (last_stage - 1)
         output_stride = getattr(backbone, "output_stride", None) if backbone is not None else None
         return int(output_stride or (16 if getattr(self.config, "dilation", False) else 32))
 
