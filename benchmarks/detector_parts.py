@@ -17,7 +17,6 @@ figures are those of the compressed model before distillation, which distillatio
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time

@@ -15,7 +15,6 @@ from compressor.distill.losses import logits_kl, prediction_kl
 from compressor.distill.settings import DistillConfig
 from compressor.distill.trainer import LossComputer
 from compressor.evaluate.runner import evaluate
-from compressor.models.hf_conditional_detr import HFConditionalDetrAdapter
 from compressor.recipe import Recipe
 from compressor.sources import load_source
 from tests.checkpoints_hf import small_detr_config

@@ -335,7 +335,7 @@ def test_yaml_tags_never_construct_objects(tmp_path):
     with pytest.raises(RecipeError):
         Recipe.load(str(path))
     with pytest.raises(RecipeError):
-        Recipe.load("act").with_overrides([f"act.rounds=!!python/object/apply:os.getpid []"])
+        Recipe.load("act").with_overrides(["act.rounds=!!python/object/apply:os.getpid []"])
     assert not marker.exists()
 
 
