@@ -92,12 +92,12 @@ def clip_settings() -> list[Setting]:
             for keep in CLIP_KEEP]
 
 
-def mtkd_settings(steps: int) -> list[Setting]:
+def mtkd_settings(steps: int, batch: int = DISTILL_BATCH) -> list[Setting]:
     rounds, width = 16, 8
     act = [f"act.rounds={rounds}", f"act.bucket_width={width}", EVERY_LAYER]
     return [Setting("mtkd", f"ACT L={rounds} r={width}, before MTKD", "act", act),
             Setting("mtkd", f"ACT L={rounds} r={width}, after MTKD ({steps} steps)", MTKD_RECIPE, act + [
-                *MTKD_SETTINGS, f"distill.steps={steps}", f"distill.batch_size={DISTILL_BATCH}"], distill=True)]
+                *MTKD_SETTINGS, f"distill.steps={steps}", f"distill.batch_size={batch}"], distill=True)]
 
 
 def pe_max_settings(steps: int) -> list[Setting]:
