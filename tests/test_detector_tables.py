@@ -1,0 +1,74 @@
+"""benchmarks/detector_tables.py's core on a tiny Conditional DETR and 4 canvases: every row measured, the exact row
+the original model's AP, bad input refused in one line."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "fixtures"))
+
+import detector_canvases  # noqa: E402
+import detector_tables  # noqa: E402
+from test_conditional_detr import small_conditional_detr  # noqa: E402
+
+SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    """A tiny Conditional DETR with CIFAR's class names, 4 val canvases (test split) and 4 train canvases."""
+    from transformers import ConditionalDetrImageProcessor
+
+    root = tmp_path_factory.mktemp("detector-tables")
+    model = small_conditional_detr(num_labels=10)
+    model.config.id2label = dict(enumerate(detector_canvases.CIFAR_NAMES))
+    model.config.label2id = {name: index for index, name in model.config.id2label.items()}
+    model.save_pretrained(root / "detector")
+    ConditionalDetrImageProcessor(size={"height": SIZE, "width": SIZE}, do_pad=False).save_pretrained(
+        root / "detector")
+    detector_canvases.write_coco_val(root / "val", count=4, size=SIZE,
+                                     source=detector_canvases.load_cifar("test", limit=16))
+    detector_canvases.write_coco_train(root / "train", count=4, size=SIZE,
+                                       source=detector_canvases.load_cifar("train", limit=16))
+    context = detector_tables.Context(root / "detector", str(root / "val"), str(root / "train"), None, 2,
+                                      root / "work")
+    context.workdir.mkdir()
+    return root, context
+
+
+def test_every_row_has_finite_ap_and_the_exact_row_is_the_original_models_ap(tiny_setup):
+    from compressor.evaluate.before_after import load_eval_data
+    from compressor.evaluate.runner import evaluate
+    from compressor.sources import load_source
+
+    root, context = tiny_setup
+    rows = detector_tables.run_tables(context, ["act", "clip"], distill_steps=1, log=lambda line: None)
+    names = [row["setting"] for row in rows]
+    assert names[0] == "exact" and "ACT L=32 r=8, every layer" in names and "token clip keep 0.5" in names
+    assert len(rows) == 1 + 2 * len(detector_tables.ACT_ROUNDS) + len(detector_tables.CLIP_KEEP)
+    assert all(math.isfinite(row["AP"]) and math.isfinite(row["gflops_total"]) for row in rows)
+    original = evaluate(load_source(root / "detector"), load_eval_data(str(root / "val"), None), progress=False)
+    assert rows[0]["AP"] == original["metrics"]["AP"]
+    clipped = rows[-1]
+    assert clipped["gflops_encoder_decoder"] < rows[0]["gflops_encoder_decoder"]
+    assert all(row["prototypes_per_token"] is not None for row in rows if row["setting"].startswith("ACT"))
+
+
+def test_the_mtkd_row_trains_the_act_model_for_the_steps_asked(tiny_setup):
+    _, context = tiny_setup
+    trained = detector_tables.measure(detector_tables.mtkd_settings(steps=1, batch=2)[1], context)
+    assert trained["distill_steps"] == 1 and math.isfinite(trained["AP"])
+
+
+def test_calibrating_on_the_val_canvases_is_refused_in_one_line(tiny_setup, capsys):
+    root, _ = tiny_setup
+    status = detector_tables.main(["--detector", str(root / "detector"), "--val", str(root / "val"),
+                                   "--calib", str(root / "val"), "--out", str(root / "out.json")])
+    assert status == 2 and not (root / "out.json").exists()
+    assert capsys.readouterr().err.count("\n") == 1
