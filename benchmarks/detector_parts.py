@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import compressor  # noqa: E402
+from compressor.model_card import markdown_table  # noqa: E402
 from compressor.report import PART_HEADER, part_rows  # noqa: E402
 from compressor.strict_json import dumps  # noqa: E402
 
@@ -59,12 +60,6 @@ def recipe_for(architecture: str, recipe: str) -> str | None:
     return recipe
 
 
-def markdown(report: dict) -> str:
-    rows = [PART_HEADER, *part_rows(report)]
-    return "\n".join(["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0]),
-                      *("| " + " | ".join(row) + " |" for row in rows[1:])])
-
-
 def run(architecture: str, recipe: str, checkpoint: Path, latency_runs: int) -> dict:
     start = time.perf_counter()
     result = compressor.compress(checkpoint, recipe, calib=str(IMAGE), progress=False, latency_runs=latency_runs)
@@ -74,8 +69,9 @@ def run(architecture: str, recipe: str, checkpoint: Path, latency_runs: int) -> 
              **{key: report[key] for key in ("params", "flops", "latency_ms", "parts")}}
     flops = report["flops"]["after"] / report["flops"]["before"]
     latency = report["latency_ms"]["after"] / report["latency_ms"]["before"]
+    table = markdown_table(part_rows(report), PART_HEADER)
     print(f"\n### {architecture}, `{recipe}`: FLOPs ×{flops:.3f}, latency ×{latency:.3f} "
-          f"({report['input']}, {entry['compress_seconds']} s)\n\n{markdown(report)}", flush=True)
+          f"({report['input']}, {entry['compress_seconds']} s)\n\n{table}", flush=True)
     return entry
 
 

@@ -95,7 +95,8 @@ def before_after_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]
     return rows + metric_rows(report)
 
 
-def _markdown_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+def markdown_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    """A GitHub markdown table (the card's, and the benchmarks' that print what the card shows)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -107,7 +108,7 @@ def parts_section(report: dict[str, Any]) -> str:
     if not rows:
         return ""
     return ("\n### Where the cost is\n\nParameters and FLOPs per top-level part of the model, on the same input; the "
-            "share is the\npart's fraction of all FLOPs, before → after.\n\n" + _markdown_table(rows, PART_HEADER)
+            "share is the\npart's fraction of all FLOPs, before → after.\n\n" + markdown_table(rows, PART_HEADER)
             + "\n")
 
 
@@ -227,7 +228,7 @@ Measured in one run, on {measured_on} (CPU, {report['environment']['threads']} t
 {report['latency_ms']['runs']} interleaved runs; fidelity is the mean cosine similarity of the outputs to the original
 model's).
 
-{_markdown_table(before_after_rows(report), ("", "before", "after", "after/before"))}
+{markdown_table(before_after_rows(report), ("", "before", "after", "after/before"))}
 {_metric_note(report)}{parts_section(report)}
 {evaluation_section(report.get("evaluation", []))}{distillation_section(report.get("distillation"))}
 ## How to load
