@@ -60,6 +60,24 @@ def test_resume_continues_from_the_saved_step(quick_run):
     assert len(events(quick_run, "backbone_done")) == 1  # the finished backbone phase is not redone
 
 
+def test_resume_with_new_learning_rates_trains_at_them_and_records_the_change(tmp_path):
+    import torch
+
+    run_dir = tmp_path / "run"
+    assert train("--quick", "--run-dir", str(run_dir), "--steps", "2") == 0
+    assert train("--run-dir", str(run_dir), "--resume", "--steps", "3", "--backbone-lr", "0.0005",
+                 "--lr", "0.0002", "--lr-drop-at", "0.9") == 0
+    resumed = events(run_dir, "detector_resumed")[0]
+    assert (resumed["backbone_lr"], resumed["lr"], resumed["lr_drop_step"]) == (0.0005, 0.0002, 2)
+    state = torch.load(run_dir / "detector-latest-state.pt", weights_only=True)
+    # the saved optimizer trained at the new rates (step 2 is past the drop at 0.9 * 3 = 2: ×0.1)
+    backbone_group, rest_group = state["optimizer"]["param_groups"]
+    assert backbone_group["initial_lr"] == 0.0005 and rest_group["initial_lr"] == 0.0002
+    assert backbone_group["lr"] == pytest.approx(0.0005 * 0.1) and rest_group["lr"] == pytest.approx(0.0002 * 0.1)
+    assert state["schedule_changes"] == [{"step": 2, "backbone_lr": 0.0005, "lr": 0.0002, "steps": 3,
+                                          "lr_drop_step": 2}]
+
+
 def test_export_loads_with_its_processor_and_keeps_val_canvases_at_their_size(quick_run, tmp_path):
     from PIL import Image
     from transformers import ConditionalDetrForObjectDetection, ConditionalDetrImageProcessor
