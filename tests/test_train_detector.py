@@ -74,8 +74,9 @@ def test_resume_with_new_learning_rates_trains_at_them_and_records_the_change(tm
     backbone_group, rest_group = state["optimizer"]["param_groups"]
     assert backbone_group["initial_lr"] == 0.0005 and rest_group["initial_lr"] == 0.0002
     assert backbone_group["lr"] == pytest.approx(0.0005 * 0.1) and rest_group["lr"] == pytest.approx(0.0002 * 0.1)
-    assert state["schedule_changes"] == [{"step": 2, "backbone_lr": 0.0005, "lr": 0.0002, "steps": 3,
-                                          "lr_drop_step": 2}]
+    assert state["schedule_changes"][-1] == {"step": 2, "backbone_lr": 0.0005, "lr": 0.0002, "steps": 3,
+                                          "lr_drop_step": 2}
+    assert state["schedule_changes"][0]["step"] == 0 and len(state["schedule_changes"]) == 2
 
 
 def test_export_loads_with_its_processor_and_keeps_val_canvases_at_their_size(quick_run, tmp_path):
@@ -88,7 +89,9 @@ def test_export_loads_with_its_processor_and_keeps_val_canvases_at_their_size(qu
     processor = ConditionalDetrImageProcessor.from_pretrained(target)
     info = json.loads((target / "train_info.json").read_text())
     assert info["steps"] == events(quick_run, "detector_train")[-1]["step"]
-    assert set(info["val"]) >= {"AP", "AP50"}
+    assert set(info["val"]) >= {"AP", "AP50"} and set(info["val_first_100"]) >= {"AP", "AP50"}
+    card = (target / "README.md").read_text()
+    assert f"{info['val']['AP']:.3f}" in card and "from_pretrained" in card
     assert info["data"]["encoder_tokens_at_val_size"] == (info["config"]["val_size"] // 8) ** 2  # stride 8
     assert model.config.id2label[0] == "airplane" and model.config.id2label[9] == "truck"
     size = info["config"]["val_size"]
