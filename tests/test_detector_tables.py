@@ -3,6 +3,7 @@ the original model's AP, bad input refused in one line."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -51,7 +52,7 @@ def test_every_row_has_finite_ap_and_the_exact_row_is_the_original_models_ap(tin
     rows = detector_tables.run_tables(context, ["act", "clip"], distill_steps=1, log=lambda line: None)
     names = [row["setting"] for row in rows]
     assert names[0] == "exact" and "ACT L=32 r=8, every layer" in names and "token clip keep 0.5" in names
-    assert len(rows) == 1 + 2 * len(detector_tables.ACT_ROUNDS) + len(detector_tables.CLIP_KEEP)
+    assert len(rows) == 1 + len(detector_tables.ACT_ROUNDS) + len(detector_tables.CLIP_KEEP)
     assert all(math.isfinite(row["AP"]) and math.isfinite(row["gflops_total"]) for row in rows)
     original = evaluate(load_source(root / "detector"), load_eval_data(str(root / "val"), None), progress=False)
     assert rows[0]["AP"] == original["metrics"]["AP"]
@@ -72,3 +73,29 @@ def test_calibrating_on_the_val_canvases_is_refused_in_one_line(tiny_setup, caps
                                    "--calib", str(root / "val"), "--out", str(root / "out.json")])
     assert status == 2 and not (root / "out.json").exists()
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_runs_made_in_parallel_merge_into_one_table_with_one_exact_row(tiny_setup, tmp_path):
+    root, context = tiny_setup
+    outputs = []
+    for tables in (["clip"], ["calibrated"]):
+        outputs.append(tmp_path / f"{tables[0]}.json")
+        assert detector_tables.main(["--detector", str(root / "detector"), "--val", context.val, "--calib",
+                                     context.calib, "--calib-samples", "2", "--tables", *tables, "--out",
+                                     str(outputs[-1]), "--plot", str(tmp_path / "part.png")]) == 0
+    merged = tmp_path / "merged.json"
+    assert detector_tables.main(["--merge", *map(str, outputs), "--out", str(merged), "--plot",
+                                 str(tmp_path / "merged.png")]) == 0
+    rows = json.loads(merged.read_text())["rows"]
+    assert [row["setting"] for row in rows].count("exact") == 1
+    assert {row["table"] for row in rows[1:]} == {"clip", "calibrated"}
+    assert (tmp_path / "merged.png").stat().st_size > 0
+
+
+def test_merging_runs_of_different_detectors_is_refused_in_one_line(tmp_path, capsys):
+    for name, detector in (("a", "one"), ("b", "two")):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"detector": detector, "rows": []}))
+    status = detector_tables.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                   "--out", str(tmp_path / "out.json")])
+    assert status == 2 and not (tmp_path / "out.json").exists()
+    assert "detector" in capsys.readouterr().err
