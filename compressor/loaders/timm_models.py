@@ -103,7 +103,6 @@ def load_timm_model(source: str | os.PathLike, *, token: str | bool | None = Non
     alone, so an unsupported model fails before any weight is downloaded. Hub files are fetched with `token`
     and then built exactly like a local directory, from the Hub cache.
     """
-    import timm
     from timm.data import resolve_input_data_config
 
     directory, repo_id, revision = _split_source(str(source))

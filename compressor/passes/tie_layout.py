@@ -115,7 +115,7 @@ class _Planner:
 
     def attention(self, site: AttentionSite) -> None:
         if site.fused_qkv:
-            qkv, out = self.module(site.query), self.module(site.output)
+            qkv = self.module(site.query)
             if not isinstance(qkv, nn.Linear) or qkv.out_features != 3 * qkv.in_features:
                 self.layout.untied[site.name].append(
                     f"fused qkv is {_describe(_shape(qkv))}: Q = W_q x, K = W_kv x, V = W_kvᵀ x need three square "
