@@ -14,7 +14,8 @@ Tables (`--tables`, any of):
   calibrated  `act-calibrated` (per-layer widths) at two fidelity targets
   table2      the paper's Table 2: clustering queries, keys, both, at similar FLOPs (see TABLE2)
   clip        token clipping in the encoder, keep 0.7 and 0.5
-  mtkd        the L = 16 ACT model before and after MTKD (ACT path and exact path trained together, KD weight 1)
+  mtkd        the L = 16 ACT model before and after MTKD (ACT path and exact path trained together, KD weight 1),
+              and the exact model after the same steps (the control)
   pe-max      `detr-pe` and `detr-max` after their distill steps
 
     python benchmarks/detector_tables.py --detector DIR --val /work/detector-data/val [--tables ...] [--limit N]
@@ -99,11 +100,23 @@ def clip_settings() -> list[Setting]:
 
 
 def mtkd_settings(steps: int, batch: int = DISTILL_BATCH) -> list[Setting]:
+    """ACT L = 16 before and after MTKD, and the control: the exact model given the same steps (its AP change is what
+    the training alone does, so "after MTKD" minus it is what MTKD recovers)."""
     rounds, width = 16, 8
     act = [f"act.rounds={rounds}", f"act.bucket_width={width}", EVERY_LAYER]
+    train = [f"distill.steps={steps}", f"distill.batch_size={batch}"]
     return [Setting("mtkd", f"ACT L={rounds} r={width}, before MTKD", "act", act),
-            Setting("mtkd", f"ACT L={rounds} r={width}, after MTKD ({steps} steps)", MTKD_RECIPE, act + [
-                *MTKD_SETTINGS, f"distill.steps={steps}", f"distill.batch_size={batch}"], distill=True)]
+            Setting("mtkd", f"ACT L={rounds} r={width}, after MTKD ({steps} steps)", MTKD_RECIPE,
+                    act + [*MTKD_SETTINGS, *train], distill=True),
+            control_setting(steps, batch)]
+
+
+def control_setting(steps: int, batch: int = DISTILL_BATCH) -> Setting:
+    """The exact model through the same distill step (no exact path to train beside it: box weight 0)."""
+    settings = [setting for setting in MTKD_SETTINGS if not setting.startswith("distill.box_weight")]
+    return Setting("mtkd", f"exact, same {steps} distill steps (control)", CONTROL_RECIPE,
+                   ["token_clip.keep_ratio=1", *settings, "distill.box_weight=0", f"distill.steps={steps}",
+                    f"distill.batch_size={batch}"], distill=True)
 
 
 def pe_max_settings(steps: int) -> list[Setting]:
@@ -114,16 +127,19 @@ def pe_max_settings(steps: int) -> list[Setting]:
 
 #: an ACT recipe ending with the distill step: MTKD (the built-in `act` has no distill step)
 MTKD_RECIPE = "act+distill"
+#: the exact model (token clipping at keep 1 is the identity) followed by the same distill step: MTKD's control
+CONTROL_RECIPE = "exact+distill"
 
 
 def recipe_for(setting: Setting):
     """The recipe to compress with: a built-in name, or for MTKD `act` followed by a distill step."""
     from compressor.recipe import Recipe
 
-    if setting.recipe != MTKD_RECIPE:
+    first = {MTKD_RECIPE: "act", CONTROL_RECIPE: "token_clip"}.get(setting.recipe)
+    if first is None:
         return setting.recipe
-    return Recipe.from_dict({"compress_stage": {"act": None}, "distill_stage": {"distill": None}},
-                            source=MTKD_RECIPE)
+    return Recipe.from_dict({"compress_stage": {first: None}, "distill_stage": {"distill": None}},
+                            source=setting.recipe)
 
 
 @dataclass

@@ -67,6 +67,14 @@ def test_the_mtkd_row_trains_the_act_model_for_the_steps_asked(tiny_setup):
     assert trained["distill_steps"] == 1 and math.isfinite(trained["AP"])
 
 
+def test_the_mtkd_control_trains_the_exact_model_at_the_exact_models_cost(tiny_setup):
+    _, context = tiny_setup
+    exact = detector_tables.measure(detector_tables.act_settings()[0], context)
+    control = detector_tables.measure(detector_tables.control_setting(steps=1, batch=2), context)
+    assert control["distill_steps"] == 1 and math.isfinite(control["AP"])
+    assert control["gflops_total"] == exact["gflops_total"]
+
+
 def test_calibrating_on_the_val_canvases_is_refused_in_one_line(tiny_setup, capsys):
     root, _ = tiny_setup
     status = detector_tables.main(["--detector", str(root / "detector"), "--val", str(root / "val"),
