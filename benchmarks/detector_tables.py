@@ -288,12 +288,13 @@ def short_label(row: dict) -> str:
         return setting.split(" r=")[0].replace("ACT ", "")
     if row["table"] == "calibrated":
         return "cos≥" + setting.rsplit("≥ ", 1)[-1]
-    if row["table"] == "table2":
-        return setting.replace("cluster ", "").split(" L=")[0]
+    if row["table"] == "table2":  # `queries` is the ACT L = 16 point itself: left to its label there
+        clustered = setting.replace("cluster ", "").split(" L=")[0]
+        return "" if clustered == "queries" else clustered
     if row["table"] == "clip":
         return setting.replace("token clip ", "")
-    if row["table"] == "mtkd":
-        return "after" if "after" in setting else "before"
+    if row["table"] == "mtkd":  # "before" is the ACT L = 16 point itself
+        return "control" if "control" in setting else "MTKD" if "after" in setting else ""
     return setting.split(" after")[0]
 
 
