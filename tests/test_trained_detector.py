@@ -49,8 +49,8 @@ def test_the_committed_detector_scores_its_documented_ap_through_evaluate(first_
     assert metrics["AP50"] == pytest.approx(SUBSET["AP50"], abs=0.005)
 
 
-def test_the_subset_scored_here_is_the_start_of_the_documented_val_set(first_val_canvases):
-    ground_truth = json.loads((first_val_canvases / "annotations" / "instances_val2017.json").read_text())
-    assert len(ground_truth["images"]) == 100
+def test_the_documented_val_set_is_the_generators_and_the_encoder_sees_over_1000_tokens():
+    """The AP was measured on the canvases `write_coco_val` writes with its default seed (canvas i depends on the seed
+    and i only, tests/test_train_detector.py), so the regenerated subset is the one scored at export."""
     assert f"seed {detector_canvases.VAL_SEED}" in INFO["data"]["val"]
     assert INFO["data"]["encoder_tokens_at_val_size"] >= 1000  # the issue's floor: attention over the map matters
