@@ -43,6 +43,7 @@ sys.path.insert(0, str(HERE / "fixtures"))
 
 import compressor  # noqa: E402
 from compressor.errors import CompressorError  # noqa: E402
+from compressor.model_card import markdown_table  # noqa: E402
 from compressor.strict_json import dumps  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -184,6 +185,12 @@ def _evaluate(loaded, context: Context) -> dict:
     return evaluate(loaded, data, progress=context.progress)["metrics"]
 
 
+def compress(context: Context, recipe, overrides: list[str]):
+    """The detector compressed with the train canvases as calibration data and measured example."""
+    return compressor.compress(context.detector, recipe, overrides=overrides, calib=context.calib,
+                               calib_samples=context.calib_samples, latency_runs=1, progress=context.progress)
+
+
 def measure(setting: Setting, context: Context) -> dict:
     """One row: compress (and train), then AP of the result on the val canvases; the exact row is the original."""
     from compressor.distill.recipe_stage import distill_and_save
@@ -191,8 +198,7 @@ def measure(setting: Setting, context: Context) -> dict:
     start = time.perf_counter()
     recipe = recipe_for(setting) or "token-clip"
     overrides = setting.overrides if setting.recipe else ["token_clip.keep_ratio=1"]  # exact: the costs' example
-    result = compressor.compress(context.detector, recipe, overrides=overrides, calib=context.calib,
-                                 calib_samples=context.calib_samples, latency_runs=1, progress=context.progress)
+    result = compress(context, recipe, overrides)
     if setting.distill:
         out = Path(tempfile.mkdtemp(prefix="trained-", dir=context.workdir)) / "model"
         distill_and_save(result, out, data=context.calib, progress=context.progress)
@@ -206,9 +212,7 @@ def measure(setting: Setting, context: Context) -> dict:
 
 def compress_gflops(context: Context, recipe: str, overrides: list[str]) -> float:
     """Encoder + decoder GFLOPs of a setting (compression only, no AP): what Table 2 matches its variants on."""
-    result = compressor.compress(context.detector, recipe, overrides=overrides, calib=context.calib,
-                                 calib_samples=context.calib_samples, latency_runs=1, progress=context.progress)
-    return _gflops(result.report)[1]
+    return _gflops(compress(context, recipe, overrides).report)[1]
 
 
 def act_overrides(cluster: str, rounds: int, width: float) -> list[str]:
@@ -266,14 +270,19 @@ def _cell(value) -> str:
     return str(value)
 
 
+def cells(row: dict) -> tuple[str, ...]:
+    return tuple(_cell(row[column]) for column in COLUMNS)
+
+
 def format_row(row: dict) -> str:
-    return "| " + " | ".join(_cell(row[column]) for column in COLUMNS) + " |"
+    """One row as a markdown table line: the progress log, pasteable under the table's header."""
+    return "| " + " | ".join(cells(row)) + " |"
 
 
 def markdown(rows: list[dict], table: str) -> str:
     exact = [row for row in rows if row["setting"] == "exact"]
     chosen = exact + [row for row in rows if row["table"] == table and row["setting"] != "exact"]
-    return "\n".join(["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER), *map(format_row, chosen)])
+    return markdown_table([cells(row) for row in chosen], HEADER)
 
 
 #: legend label and marker of each table in the plot
