@@ -20,7 +20,7 @@ from compressor.errors import CompressorError
 from compressor.evaluate.cost import interleaved_latency_ms
 from compressor.evaluate.cost_parts import measure_cost
 from compressor.evaluate.before_after import check_eval_data, load_eval_data, metric_before_after
-from compressor.evaluate.fidelity import mean_cosine, primary_outputs
+from compressor.evaluate.fidelity import fidelity_outputs, mean_cosine, mean_fidelity, primary_outputs
 from compressor.library_progress import library_progress_bars
 from compressor.loaders.loaded_model import LoadedModel
 from compressor.passes import PassContext
@@ -116,7 +116,7 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
     costs = [measure_cost(adapter, example)]  # and after each pass, on the same example: savings per pass add up
     params_before, flops_before = costs[0].params, costs[0].flops
     reference = primary_outputs(model, adapter, [example])
-    calibration_reference = primary_outputs(model, adapter, calibration) if calibration else None
+    calibration_reference = fidelity_outputs(model, adapter, calibration) if calibration else None
 
     context = PassContext(seed=seed, calibration=calibration, progress=progress, calibration_source=calib,
                           example=example)
@@ -127,8 +127,12 @@ def compress(source: Any, recipe: str | os.PathLike | Recipe, *, overrides: Sequ
     params_after, flops_after = costs[-1].params, costs[-1].flops
     fidelity = {"example_cosine": mean_cosine(reference, primary_outputs(model, adapter, [example]))}
     if calibration:
-        fidelity["calibration_cosine"] = mean_cosine(calibration_reference,
-                                                     primary_outputs(model, adapter, calibration))
+        compressed = fidelity_outputs(model, adapter, calibration)
+        fidelity["calibration_cosine"] = mean_cosine([r.primary for r in calibration_reference],
+                                                     [c.primary for c in compressed])
+        if calibration_reference[0].queries is not None:  # what a detector's calibration targets
+            fidelity["calibration_detection_agreement"] = mean_fidelity(calibration_reference, compressed,
+                                                                        adapter.query_class_activation)
     statistics_batches = calibration or [example]
     passes = attribute_costs(_pass_statistics(applied, loaded, statistics_batches),
                              [(cost.params, cost.flops) for cost in costs])

@@ -31,8 +31,10 @@ class ACTPass(Pass):
                          "to all keys), `keys` (queries attend to key/value prototypes, weighted by cluster "
                          "size) or `both`.", choices=("queries", "keys", "both")),
         "fidelity_target": Param("float", None, "Calibrate the bucket width per layer on `--calib` data: the "
-                                 "cheapest per-layer widths whose mean output cosine to the original model is at "
-                                 "least this. `null` uses `bucket_width` everywhere.", greater_than=0, maximum=1,
+                                 "cheapest per-layer widths whose fidelity to the original model is at least this: "
+                                 "the mean output cosine, or for DETR-family detectors the detection agreement "
+                                 "(confidence-weighted box IoU × class overlap per query). `null` uses "
+                                 "`bucket_width` everywhere.", greater_than=0, maximum=1,
                                  nullable=True),
         "bucket_widths": Param("list[float]",
                                [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0],

@@ -1,8 +1,9 @@
 """Choose ACT's bucket width per layer on calibration data (beyond the paper, which fixed r = 8 everywhere).
 
 Layers differ: some tolerate coarse clusters, others do not. We measure, for every layer alone and every candidate
-width, the prototype fraction it gives and the output fidelity it keeps (mean cosine of the model's primary output
-to the original's). A Lagrangian sweep over "cost + λ · loss" turns those per-layer curves into a short path of
+width, the prototype fraction it gives and the output fidelity it keeps (`compressor.evaluate.fidelity.mean_fidelity`:
+the mean cosine of the model's primary output to the original's, or for set-prediction detectors the agreement of
+their detections). A Lagrangian sweep over "cost + λ · loss" turns those per-layer curves into a short path of
 allocations from cheap to faithful; uniform widths are added as candidates, so calibration can never do worse than
 the best single width on the calibration data. The cheapest candidate whose *joint* fidelity (all layers on
 together, measured) reaches the target wins; a layer may be left exact when that is what the target requires.
@@ -13,10 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
-from compressor.evaluate.fidelity import mean_cosine, primary_outputs
+from compressor.evaluate.fidelity import FidelityOutputs, fidelity_outputs, mean_fidelity
 from compressor.models.base import ModelAdapter
 from compressor.passes.act_cost import configure_kernels
 from compressor.passes.base import PassContext
@@ -32,10 +32,11 @@ class Measurement:
 
 
 def _measure(adapter: ModelAdapter, kernels: list, widths: list[float | None], batches: list[dict],
-             reference: list[torch.Tensor]) -> tuple[list[float], float]:
-    """Per-layer prototype fractions and the mean output cosine with `widths` applied."""
+             reference: list[FidelityOutputs]) -> tuple[list[float], float]:
+    """Per-layer prototype fractions and the fidelity to `reference` with `widths` applied."""
     configure_kernels(kernels, widths)
-    fidelity = mean_cosine(reference, primary_outputs(adapter.model, adapter, batches))
+    fidelity = mean_fidelity(reference, fidelity_outputs(adapter.model, adapter, batches),
+                             adapter.query_class_activation)
     fractions = [kernel.prototype_fraction() if width is not EXACT else 1.0
                  for kernel, width in zip(kernels, widths)]
     return fractions, fidelity
@@ -66,7 +67,7 @@ def calibrate_bucket_widths(adapter: ModelAdapter, kernels: list, params: dict[s
     grid = sorted(float(w) for w in params["bucket_widths"])
     batches = context.calibration
     configure_kernels(kernels, [EXACT] * len(kernels))
-    reference = primary_outputs(adapter.model, adapter, batches)
+    reference = fidelity_outputs(adapter.model, adapter, batches)
 
     table: list[dict[Any, Measurement]] = []
     progress = tqdm(total=len(kernels) * len(grid), desc="act: per-layer sweep", disable=not context.progress,
