@@ -363,7 +363,9 @@ CASES = {
         f["vit"], "--recipe", "act-calibrated", "--calib", _image_folder(w, "noise.jpg", os.urandom(4096))),
         "ship/noise.jpg is not a readable image"),
     "truncated JPEG in an evaluation folder": (lambda w, f: _evaluate(f["vit"], _image_folder(
-        w, "cut.jpg", _cut(_image_bytes("JPEG", 64)))), "ship/cut.jpg is not a readable image"),
+        w, "cut.jpg", _cut(_image_bytes("JPEG", 64)))), "ship/cut.jpg is a truncated JPEG"),
+    "truncated JPEG in training data": (lambda w, f: _distill(f, _image_folder(w, "cut.jpg", _cut(_image_bytes(
+        "JPEG", 64)))), "ship/cut.jpg is a truncated JPEG"),
     "truncated PNG in training data": (lambda w, f: _distill(f, _image_folder(w, "cut.png", _cut(_image_bytes()))),
                                        "ship/cut.png is not a readable image"),
     "decompression bomb in an evaluation folder": (lambda w, f: _evaluate(f["vit"], _image_folder(

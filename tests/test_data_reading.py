@@ -13,6 +13,7 @@ from compressor.errors import CompressorError
 from compressor.evaluate.classification import check_labels, class_columns
 from compressor.evaluate.runner import evaluate
 from compressor.sources import load_source
+from tests.shared_assets import shared
 
 #: three ImageNet-1k classes, one of them named by its class name instead of its synset
 SYNSETS = ["n01440764", "n01443537", "n01484850"]
@@ -118,3 +119,53 @@ def test_a_subset_of_a_subset_names_rows_of_the_data_as_given(cifar10_test_parqu
     first = part.rows[0]
     assert part.labels(0, 1) == data.labels(first, first + 1)
     assert part.where(0) == f"row {first} of {cifar10_test_parquet} (column img)"
+
+
+def _jpeg(size: int = 64, seed: int = 0, **save) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", **save)
+    return buffer.getvalue()
+
+
+def test_every_real_coco_jpeg_is_complete_and_every_cut_one_is_refused_before_decoding():
+    from compressor.data.images import check_header
+
+    folder = shared("coco128-val") / "val2017"
+    photos = sorted(folder.glob("*.jpg"))
+    assert len(photos) == 128
+    for photo in photos:
+        check_header(photo, str(photo))  # a header check must not refuse a whole photo
+    whole = photos[0].read_bytes()
+    for keep in (0.3, 0.9, 0.999):
+        with pytest.raises(CompressorError, match="is a truncated JPEG"):
+            check_header(whole[:int(len(whole) * keep)], "cut.jpg")
+
+
+def test_a_jpeg_with_a_thumbnail_and_bytes_after_its_end_is_complete_but_cut_it_is_not():
+    """An EXIF thumbnail carries its own end marker before the image's scans; bytes appended after the end marker
+    (camera trailers) do not make a whole file look cut."""
+    from PIL import Image
+
+    from compressor.data.images import check_header
+
+    exif = Image.Exif()
+    exif[0x010F] = "camera"
+    thumbnail = _jpeg(16, seed=1)
+    # a JPEG's APP1 EXIF segment, then the thumbnail inside it: built by hand, PIL does not write thumbnails
+    payload = b"Exif\x00\x00" + exif.tobytes() + thumbnail
+    app1 = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    image = _jpeg(128)
+    with_thumbnail = image[:2] + app1 + image[2:]
+    check_header(with_thumbnail + b"\x00" * 1000 + b"trailer", "whole.jpg")
+    with pytest.raises(CompressorError, match="truncated JPEG"):
+        check_header(with_thumbnail[:-len(image) // 3], "cut.jpg")
+    progressive = _jpeg(128, progressive=True)
+    check_header(progressive, "progressive.jpg")
+    with pytest.raises(CompressorError, match="truncated JPEG"):
+        check_header(progressive[:-200], "cut.jpg")

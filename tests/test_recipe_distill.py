@@ -60,10 +60,19 @@ def _compress(resnet20, tmp_path, *extra) -> int:
 
 
 def test_compress_with_a_distill_step_writes_the_trained_student(resnet20, cifar10_train_parquet,
-                                                                  cifar10_test_parquet, tmp_path, capsys):
+                                                                  cifar10_test_parquet, tmp_path, capsys,
+                                                                  monkeypatch):
+    from compressor.data import images
+
+    checked = []  # where each header check looked: the training rows must be read once, before the passes
+    real_check = images.check_header
+    monkeypatch.setattr(images, "check_header", lambda value, where: (checked.append(where),
+                                                                      real_check(value, where)))
     status = _compress(resnet20, tmp_path, "--data", str(cifar10_train_parquet), "--eval-data",
                        str(cifar10_test_parquet))
     assert status == 0
+    training_rows = [where for where in checked if str(cifar10_train_parquet) in where]
+    assert len(training_rows) == len(set(training_rows)) == 48  # the step's limit
     out, work = tmp_path / "out", tmp_path / "out.distill"
     assert "distill: 3 steps of batch 8" in capsys.readouterr().out
 

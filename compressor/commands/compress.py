@@ -72,7 +72,7 @@ class CompressCommand(Command):
         distills = recipe.distill() is not None
         recipe = resolve_distill_step(recipe, out, data=args.data, eval_data=args.eval_data if distills else None,
                                       skip=args.no_distill, overwrite=args.overwrite)
-        check_distill_data(recipe)
+        checked_data = check_distill_data(recipe)  # headers read once, before the passes
         eval_limit = args.eval_limit
         if eval_limit is None and recipe.distill() is not None:
             eval_limit = recipe.distill().params.get("eval_limit")
@@ -85,7 +85,7 @@ class CompressCommand(Command):
         if result.recipe.distill() is not None:
             result.report["distillation"] = run_distill_step(
                 result, out, progress=not args.quiet, overwrite=args.overwrite, revision=args.revision,
-                trust_remote_code=args.trust_remote_code)
+                trust_remote_code=args.trust_remote_code, checked_data=checked_data)
         else:
             save(result, out, overwrite=args.overwrite)
         if args.json:

@@ -3,8 +3,8 @@ the file (or the row and column of a table) and the fix, never a PIL traceback o
 
 PIL only warns (`DecompressionBombWarning`) between `Image.MAX_IMAGE_PIXELS` and twice that; here both the warning
 and `DecompressionBombError` are errors, so a file claiming 100,000 x 100,000 pixels is refused before it is
-decompressed. `check_header` reads only what `Image.open` reads (format and size) and a PNG's checksums, cheap
-enough to run over all the data before any work; `decode` does the full read, where a truncated JPEG shows.
+decompressed. `check_header` reads only what `Image.open` reads (format and size), a PNG's checksums and a JPEG's
+last bytes, cheap enough to run over all the data before any work; `decode` does the full read.
 """
 
 from __future__ import annotations
@@ -68,13 +68,41 @@ def _opened(value: Any, where: str) -> Iterator[Any]:
                               "valid JPEG/PNG") from None
 
 
+#: how much of a JPEG's end `jpeg_is_complete` reads
+JPEG_TAIL_BYTES = 64 * 1024
+
+
+def _tail(value: Any, size: int) -> bytes:
+    """The last `size` bytes of an image value (bytes, a path or a `datasets` {bytes, path} dict)."""
+    source = _source(value)
+    if isinstance(source, io.BytesIO):
+        return source.getbuffer()[-size:].tobytes()
+    with open(source, "rb") as file:
+        file.seek(0, io.SEEK_END)
+        file.seek(max(0, file.tell() - size))
+        return file.read()
+
+
+def jpeg_is_complete(tail: bytes) -> bool:
+    """Whether a JPEG's last bytes hold its end-of-image marker (FF D9) after its last start-of-scan (FF DA).
+
+    Entropy-coded data escapes every FF byte, so neither marker occurs inside a scan: a file cut short in its last
+    scan has no FF D9 after that scan's FF DA, while a whole one does, even with bytes appended after it. An EXIF
+    thumbnail's own end marker comes before the main image's scans, so it cannot pass for the image's."""
+    return tail.find(b"\xff\xd9", tail.rfind(b"\xff\xda") + 1) != -1
+
+
 def check_header(value: Any, where: str) -> None:
     """Refuse an image whose header cannot be read or claims too many pixels, without decoding it; a PNG's chunks
-    are also checked (`verify`: their checksums, no decompression), which finds a truncated PNG. A truncated JPEG
-    shows only when decoded."""
+    are also checked (`verify`: their checksums, no decompression), which finds a truncated PNG, and a JPEG's end
+    marker (`jpeg_is_complete`), which finds a truncated JPEG."""
     with _opened(value, where) as image:
         if image.format == "PNG":
             image.verify()
+        elif image.format == "JPEG" and not hasattr(value, "convert") and \
+                not jpeg_is_complete(_tail(value, JPEG_TAIL_BYTES)):
+            raise SourceError(f"{where} is a truncated JPEG (it ends before its end-of-image marker); remove it or "
+                              "replace it with a complete copy")
 
 
 def decode(value: Any, where: str):

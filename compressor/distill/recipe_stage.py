@@ -18,12 +18,15 @@ import os
 import shlex
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compressor.distill.settings import DISTILL, DISTILL_PARAMS, config_from_params
 from compressor.errors import CompressorError
 from compressor.output_guard import refuse_unsafe_replacement
 from compressor.recipe import Recipe
+
+if TYPE_CHECKING:
+    from compressor.data.loading import LabelledData
 
 TRAINING_SUFFIX = ".distill"
 STUDENT = "student"
@@ -80,26 +83,36 @@ def resolve_distill_step(recipe: Recipe, out: Path, *, data: str | None, eval_da
     return recipe
 
 
-def check_distill_data(recipe: Recipe) -> None:
-    """Open the distill step's data now and read every image's header, so that bad training data is refused before
-    the passes run, not after minutes of compression (labels are checked against the model's classes when training
-    starts). A recipe without a distill step has nothing to check."""
+def load_distill_data(params: dict[str, Any]) -> tuple[LabelledData, LabelledData | None]:
+    """The distill step's training data and evaluation data (None without one), each subset to its limit."""
     from compressor.data.loading import load_labelled
 
+    data = load_labelled(params["data"]).subset(params["limit"])
+    eval_data = load_labelled(params["eval_data"]).subset(params["eval_limit"]) if params["eval_data"] else None
+    return data, eval_data
+
+
+def check_distill_data(recipe: Recipe) -> tuple[LabelledData, LabelledData | None] | None:
+    """Open the distill step's data now and read every image's header, so that bad training data is refused before
+    the passes run, not after minutes of compression (labels are checked against the model's classes when training
+    starts). Returns the checked data for `run_distill_step`, which then reads no header again; None for a recipe
+    without a distill step."""
     spec = recipe.distill()
     if spec is None:
-        return
-    params = spec.params
-    for key, limit in (("data", "limit"), ("eval_data", "eval_limit")):
-        if params[key] is not None:
-            load_labelled(params[key]).subset(params[limit]).check_images()
+        return None
+    data, eval_data = load_distill_data(spec.params)
+    for item in (data, eval_data):
+        if item is not None:
+            item.check_images()
+    return data, eval_data
 
 
 def run_distill_step(result, out: Path, *, progress: bool = True, overwrite: bool = False,
-                     revision: str | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
-    """Train the compressed model in `result` (whose recipe ends with `distill`), then write the best to `out`."""
+                     revision: str | None = None, trust_remote_code: bool = False,
+                     checked_data: tuple[LabelledData, LabelledData | None] | None = None) -> dict[str, Any]:
+    """Train the compressed model in `result` (whose recipe ends with `distill`), then write the best to `out`.
+    `checked_data`: what `check_distill_data` returned for this recipe (else the data is opened here)."""
     from compressor.atomic_dir import atomic_directory
-    from compressor.data.loading import load_labelled
     from compressor.distill.trainer import CHECKPOINTS, Distiller
     from compressor.recipe_runner import log
 
@@ -111,8 +124,7 @@ def run_distill_step(result, out: Path, *, progress: bool = True, overwrite: boo
     # `cli.py distill` defaults to the student's base model as teacher: name the source when that is another model
     named = {**params, "teacher": None if teacher.source == result.loaded.base_model else teacher.source}
     log(f"{DISTILL}: training in {work} (if stopped, continue with `{resume_command(out, named)}`)", progress)
-    data = load_labelled(params["data"]).subset(params["limit"])
-    eval_data = load_labelled(params["eval_data"]).subset(params["eval_limit"]) if params["eval_data"] else None
+    data, eval_data = checked_data or load_distill_data(params)
     summary = Distiller(student, teacher, data, work, config_from_params(params), eval_data, progress=progress,
                         recipe=result.recipe).run()
     result.model.eval()  # the last step's student; the best one is what `out` receives
