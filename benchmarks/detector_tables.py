@@ -296,7 +296,7 @@ def short_label(row: dict) -> str:
     if row["table"] == "act":
         return setting.split(" r=")[0].replace("ACT ", "")
     if row["table"] == "calibrated":
-        return "cos≥" + setting.rsplit("≥ ", 1)[-1]
+        return "agree≥" + setting.rsplit("≥ ", 1)[-1]
     if row["table"] == "table2":  # `queries` is the ACT L = 16 point itself: left to its label there
         clustered = setting.replace("cluster ", "").split(" L=")[0]
         return "" if clustered == "queries" else clustered
