@@ -15,7 +15,7 @@ import yaml
 
 from compressor.errors import SourceError
 from compressor.loaders.hub_files import hub_file
-from compressor.ops.int8_format import QUANTIZATION_KEY
+from compressor.ops.int8_format import QUANTIZATION_KEY, int8_convolutions
 from compressor.report import PART_HEADER, describe_metric_data, metric_rows, part_rows, pass_cost
 
 #: report entries shaped {"before": x, "after": y} that get their own row, in this order, with their unit
@@ -121,12 +121,18 @@ def _pass_lines(report: dict[str, Any]) -> str:
     return "\n".join(lines) or "- no passes"
 
 
-def _plain_library_note(library: str, passes: str, quantized: bool = False) -> str:
-    """What loading this repository without compressor gives (checked by the Hub-loading tests)."""
-    if library == "transformers" and quantized:
-        return ("Its config.json describes the int8 layers as compressed-tensors does (`quantization_config`), so "
-                "plain `transformers` (`AutoModel.from_pretrained`) hands it to the compressed-tensors package (which "
-                "it asks to be installed) and does not apply the rest of the compression; use `compressor.load`.")
+def _plain_library_note(library: str, passes: str, quantization: dict | None = None) -> str:
+    """What loading this repository without compressor gives (checked by the Hub-loading and int8 tests);
+    `quantization`: config.json's compressed-tensors entry, if any."""
+    if library == "transformers" and quantization:
+        if int8_convolutions(quantization):
+            return ("Its config.json describes the int8 layers as compressed-tensors does (`quantization_config`), "
+                    "but compressed-tensors quantizes Linear layers only: plain `transformers` loads this model's "
+                    "int8 convolution weights without their scales and cannot run it. Use `compressor.load`.")
+        return ("Its config.json describes the int8 layers as compressed-tensors does (`quantization_config`): with "
+                "that package installed, plain `transformers` (`AutoModel.from_pretrained`) loads them and gives the "
+                "same outputs as `compressor.load` for an int8-only recipe; it does not apply the rest of the "
+                "compression. Use `compressor.load` for the whole model.")
     if library == "transformers":
         return (f"Plain `transformers` (`AutoModel.from_pretrained`) also loads it, but as the uncompressed base "
                 f"architecture: the compression ({passes}) is not applied and the extra weights it needs are reported "
@@ -240,7 +246,7 @@ model = compressor.load("{load_as}")
 ```
 
 {_LOAD_LOCAL}, builds the base architecture from `config.json`, replays the resolved recipe below
-and loads `model.safetensors` strictly: the outputs equal those of the model right after compression. {_plain_library_note(_library(result, config), passes, QUANTIZATION_KEY in config)}
+and loads `model.safetensors` strictly: the outputs equal those of the model right after compression. {_plain_library_note(_library(result, config), passes, config.get(QUANTIZATION_KEY))}
 
 ## Recipe
 

@@ -185,3 +185,42 @@ def test_tied_convolutions_read_their_quantized_owner_and_reload_exactly(resnet2
     assert tied and all(isinstance(m.source.owner, Int8Conv2d) for m in tied)
     reloaded = load_source(compressor.save(result, tmp_path / "out"))
     assert torch.equal(_outputs(result.loaded, result.model), _outputs(reloaded, reloaded.model))
+
+
+@pytest.mark.parametrize("activations", ["dynamic", "none"])
+def test_plain_transformers_with_compressed_tensors_runs_the_int8_model_like_compressor_load(activations, hf_vit_dir,
+                                                                                             tmp_path):
+    """The format's other reader, for real: transformers hands config.json's `quantization_config` to the
+    compressed-tensors package, which rebuilds the int8 Linear layers from our tensors and runs them."""
+    from transformers import AutoModelForImageClassification
+
+    result = compressor.compress(hf_vit_dir, "int8", overrides=[f"quantize.activations={activations}"],
+                                 progress=False, latency_runs=1)
+    out = compressor.save(result, tmp_path / "out")
+    ours = load_source(out)
+    plain = AutoModelForImageClassification.from_pretrained(out)
+    inputs = ours.adapter.example_inputs(batch_size=2, seed=3)
+    with torch.no_grad():
+        expected, got = ours.model(**inputs).logits, plain(**inputs).logits
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    float_model = load_source(hf_vit_dir).model
+    with torch.no_grad():  # and the int8 rounding is really there: not a float model that happens to match
+        assert not torch.allclose(float_model(**inputs).logits, got, atol=1e-5)
+    assert "same outputs as `compressor.load`" in (out / "README.md").read_text()
+
+
+def test_int8_convolutions_are_named_in_config_and_the_card_says_plain_transformers_cannot_run_them(hf_resnet_dir,
+                                                                                                   tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    from compressor.ops.int8_format import int8_convolutions
+
+    result = compressor.compress(hf_resnet_dir, "int8", progress=False, latency_runs=1)
+    out = compressor.save(result, tmp_path / "out")
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    convolutions = {name for name, m in result.model.named_modules() if isinstance(m, Int8Conv2d)}
+    assert convolutions and set(int8_convolutions(config)) == convolutions
+    assert "cannot run it" in (out / "README.md").read_text()
+    plain = AutoModelForImageClassification.from_pretrained(out)  # what the card warns of: int8 weights, no scales
+    with pytest.raises(RuntimeError), torch.no_grad():
+        plain(pixel_values=torch.randn(1, 3, 64, 64))
