@@ -64,6 +64,35 @@ def test_dynamic_linear_equals_the_float_reference_that_rounds_activations_the_s
     assert (output - unrounded).abs().max().item() > 1e-4  # the activations really were rounded to int8
 
 
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_activation_rounding_in_plain_arithmetic_equals_torchs_quantized_tensor(reduce_range):
+    """`fake_quantize_activations` rounds without torch's (deprecated) quantized tensor types: bit-equal to them."""
+    import warnings
+
+    from compressor.ops.int8_weights import fake_quantize_activations
+
+    generator = torch.Generator().manual_seed(0)
+    for x in (torch.randn(8, 197, 64, generator=generator) * 3, torch.rand(5, 100, generator=generator) + 0.5,
+              -torch.rand(4, 33, generator=generator), torch.zeros(2, 3)):
+        scale, zero_point = torch._choose_qparams_per_tensor(x, reduce_range)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8).dequantize()
+        assert torch.equal(fake_quantize_activations(x, reduce_range), expected)
+
+
+def test_a_torch_without_the_dynamic_int8_kernel_runs_the_float_reference(monkeypatch):
+    from compressor.ops import int8_linear
+
+    layer = Int8Linear.from_float(_linear(), activations="dynamic").eval()
+    x = torch.randn(3, 7, 48) * 4
+    with_kernel = layer(x)
+    monkeypatch.setattr(int8_linear, "dynamic_kernel_available", lambda: False)
+    without = layer(x)
+    assert torch.equal(without, layer.reference(x)) and layer.uncounted_flops == 2 * 21 * 48 * 40
+    assert (without - with_kernel).abs().max().item() <= 1e-5 * with_kernel.abs().max().item()
+
+
 def test_dynamic_linear_repacks_when_its_weights_are_loaded():
     layer = Int8Linear.from_float(_linear(0)).eval()
     x = torch.randn(4, 48)

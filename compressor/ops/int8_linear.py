@@ -6,7 +6,8 @@ on weights packed by the `onednn` engine) ran at ×0.17 of float32, fbgemm/x86 a
 Int8DynamicActivationInt8WeightConfig at ×0.58, `torch._int_mm` with per-token activation scales at ×0.72,
 torchao's int8 weight-only at ×1.07 and `aten._weight_int8pack_mm` (float32 input) at ×60. So dynamic mode uses
 oneDNN where torch has it (the engine's default otherwise), and weight-only mode multiplies by the dequantized
-weight (file size and memory shrink; speed stays that of float).
+weight (file size and memory shrink; speed stays that of float). A torch without the dynamic kernel (torch.ao's
+quantized ops are deprecated upstream) runs dynamic layers as their float reference, so saved models keep loading.
 
 The int8 kernel runs at inference (`eval()`); in training mode the layer computes with the dequantized weight in
 float, so gradients reach its input and bias (the int8 weight stays fixed): a distill step after quantization
@@ -24,6 +25,14 @@ from compressor.ops.int8_weights import (dequantize, fake_quantize_activations, 
 
 #: how activations are handled: `dynamic` quantizes each input tensor to int8 at run time, `none` keeps them float
 ACTIVATION_MODES = ("dynamic", "none")
+
+
+def dynamic_kernel_available() -> bool:
+    """Whether this torch still has its dynamic int8 linear (torch.ao's quantized ops, deprecated upstream)."""
+    try:
+        return bool(torch.ops.quantized.linear_dynamic and torch.ops.quantized.linear_prepack)
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _packing_engine() -> str:
@@ -96,6 +105,8 @@ class Int8Linear(nn.Module):
             return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
         rows = x.numel() // self.in_features
         self.uncounted_flops = 2 * rows * self.in_features * self.out_features
+        if not dynamic_kernel_available():  # the same arithmetic in float: slower, same outputs up to rounding
+            return self.reference(x)
         return torch.ops.quantized.linear_dynamic(x.contiguous(), self._packed_weight(), self.reduce_range)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:

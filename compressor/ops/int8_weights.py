@@ -46,7 +46,13 @@ def quiet_quantized_tensors():
 def fake_quantize_activations(x: torch.Tensor, reduce_range: bool) -> torch.Tensor:
     """`x` rounded as PyTorch's dynamic int8 kernels round it: one asymmetric uint8 scale and zero point for the
     whole tensor, from its min and max (widened to include 0); `reduce_range` uses 7 bits (fbgemm on CPUs without
-    VNNI). The float reference of a dynamic int8 layer is the float layer applied to this."""
-    scale, zero_point = torch._choose_qparams_per_tensor(x.detach().float(), reduce_range)
-    with quiet_quantized_tensors():
-        return torch.quantize_per_tensor(x.float(), scale, zero_point, torch.quint8).dequantize()
+    VNNI). The float reference of a dynamic int8 layer is the float layer applied to this.
+
+    Plain tensor arithmetic (multiplying by the float32 inverse scale and rounding half to even, as torch's
+    `quantize_per_tensor` does; tested equal), so it needs no quantized tensor type: it is also what an int8 layer
+    computes where torch no longer has the dynamic int8 kernel."""
+    x = x.float()
+    scale, zero_point = torch._choose_qparams_per_tensor(x.detach(), reduce_range)
+    scale = torch.tensor(scale, dtype=torch.float32)
+    quantized = torch.clamp(torch.round(x * (1.0 / scale)) + zero_point, 0, 255)
+    return (quantized - zero_point) * scale
