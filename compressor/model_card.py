@@ -82,6 +82,11 @@ def _number(value: float, unit: str, scale: float) -> str:
     return f"{value * scale:.3f} {unit}" if unit != "ms" else f"{value:.1f} ms"
 
 
+#: what the card says of a detector's detection agreement (compressor.evaluate.fidelity.detection_agreement)
+_AGREEMENT_NOTE = ("; a detector's detection agreement is the IoU of each query's box with the original's times "
+                   "the overlap of their class probabilities, weighted by the original's confidence in the query")
+
+
 def before_after_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(measure, before, after, after/before) for everything the run measured."""
     rows = []
@@ -91,7 +96,8 @@ def before_after_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]
         rows.append((label, _number(entry["before"], unit, scale), _number(entry["after"], unit, scale), ratio))
     for key, value in report.get("fidelity", {}).items():
         if isinstance(value, float):
-            rows.append((f"{key.replace('_', ' ')} to the original", "1", f"{value:.4f}", ""))
+            relation = "with" if key.endswith("agreement") else "to"
+            rows.append((f"{key.replace('_', ' ')} {relation} the original", "1", f"{value:.4f}", ""))
     return rows + metric_rows(report)
 
 
@@ -232,7 +238,7 @@ Produced by `compressor` from `{report['base_model']}` ({report['family']}, {rep
 
 Measured in one run, on {measured_on} (CPU, {report['environment']['threads']} threads; latency is the median of
 {report['latency_ms']['runs']} interleaved runs; fidelity is the mean cosine similarity of the outputs to the original
-model's).
+model's{_AGREEMENT_NOTE if any(key.endswith("detection_agreement") for key in report.get("fidelity", {})) else ""}).
 
 {markdown_table(before_after_rows(report), ("", "before", "after", "after/before"))}
 {_metric_note(report)}{parts_section(report)}

@@ -66,7 +66,8 @@ def calibration_canvases(tmp_path_factory) -> Path:
     return directory
 
 
-def test_act_calibration_on_the_trained_detector_meets_its_target_in_detection_agreement(calibration_canvases):
+def test_act_calibration_on_the_trained_detector_meets_its_target_in_detection_agreement(calibration_canvases,
+                                                                                          tmp_path):
     """The target is met in detection agreement, which the output cosine would not have told apart: it stays near
     1 at widths that move the detections."""
     result = compressor.compress(DETECTOR, "act-calibrated", calib=str(calibration_canvases), calib_samples=4,
@@ -74,6 +75,8 @@ def test_act_calibration_on_the_trained_detector_meets_its_target_in_detection_a
                                             "act.bucket_widths=[4.0, 8.0, 64.0]"], progress=False)
     fidelity = result.report["fidelity"]
     assert fidelity["calibration_detection_agreement"] >= 0.95
+    card = (compressor.save(result, tmp_path / "out") / "README.md").read_text()
+    assert "| calibration detection agreement with the original | 1 |" in card and "weighted by the original's" in card
     widths = {plan["bucket_width"] for plan in next(result.recipe.passes()).plan.values()}
     assert 64.0 not in widths  # the widest bucket clusters a canvas into a handful of prototypes
     wide = compressor.compress(DETECTOR, "act", calib=str(calibration_canvases), calib_samples=4,
