@@ -137,6 +137,17 @@ def test_each_pass_changes_the_model_and_reload_gives_identical_outputs(case, co
     assert (_outputs(result.loaded, result.model, size) - _outputs(reloaded, reloaded.model, size)).abs().max() <= 1e-5
 
 
+def test_prune_by_default_targets_the_encoder_layers_and_the_decoder_mlps(conditional_detr_dir):
+    """The decoder layers are not blocks (their attention has no site), but their MLPs are plain FFNs to prune."""
+    result = compressor.compress(conditional_detr_dir, _recipe("prune", ratio=0.5), progress=False, latency_runs=1)
+    sites = set(result.report["passes"][0]["sites"])
+    decoder_mlps = {f"model.decoder.layers.{index}.mlp" for index in range(len(result.model.model.decoder.layers))}
+    assert decoder_mlps <= sites and not any(site.endswith("self_attn") for site in sites)
+    original = load_source(conditional_detr_dir).model
+    for index, layer in enumerate(result.model.model.decoder.layers):
+        assert layer.mlp.fc1.out_features < original.model.decoder.layers[index].mlp.fc1.out_features
+
+
 def test_token_clip_runs_the_kept_encoder_tokens_and_restores_the_full_map(conditional_detr_dir):
     result = compressor.compress(conditional_detr_dir, _recipe("token_clip", keep_ratio=0.5), progress=False,
                                  latency_runs=1)

@@ -80,9 +80,15 @@ class PrunePass(Pass):
         return [ModuleSite(name) for name, _ in adapter.model.named_modules()]
 
     def default_sites(self, adapter: ModelAdapter, candidates: list[ModuleSite]) -> list[ModuleSite]:
-        """The residual blocks: transformer layers (DETR encoder and decoder), ResNet blocks."""
+        """The residual blocks: transformer layers (DETR encoder and decoder), ResNet blocks; and the FFNs of layers
+        that are not blocks (Conditional DETR's decoder layers, whose attention no pass maps onto)."""
         blocks = {block.name for block in adapter.blocks()}
-        return [site for site in candidates if site.name in blocks]
+
+        def in_a_block(name: str) -> bool:
+            return any(name.startswith(block + ".") for block in blocks)
+
+        ffns = {site.name for site in adapter.ffn_sites() if not in_a_block(site.name)}
+        return [site for site in candidates if site.name in blocks | ffns]
 
     @classmethod
     def calibration_needed(cls, params: dict[str, Any]) -> str | None:
