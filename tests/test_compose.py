@@ -30,8 +30,6 @@ def _outputs(loaded, model):
     ("act", "prune", "sized for the unpruned heads; put prune first, before act"),
     ("tied_weights", "prune", "dependency graph cannot follow (a ViT is left unpruned, a ResNet no longer runs)"),
     ("token_clip", "prune", "put prune before token_clip"),
-    ("token_merge", "token_clip", "one token reducer"),
-    ("token_clip", "token_merge", "one token reducer"),
 ])
 def test_orders_that_cannot_work_are_rejected_with_the_reason(earlier, later, reason, hf_vit_dir):
     with pytest.raises(RecipeError) as raised:

@@ -119,10 +119,41 @@ def test_mean_importance_clipping_with_act_is_refused_in_one_line(hf_vit_dir):
         compressor.compress(hf_vit_dir, recipe, progress=False, latency_runs=1)
 
 
-def test_two_token_passes_on_one_model_are_refused(hf_vit_dir):
-    recipe = compressor.Recipe.from_dict({"compress_stage": {"token_merge": None, "token_clip": None}})
-    with pytest.raises(CompressorError, match="cannot run on the same model"):
+@pytest.mark.parametrize("order", [("token_merge", "token_clip"), ("token_clip", "token_merge")])
+def test_token_merge_and_token_clip_on_one_block_are_refused_naming_it(order, hf_vit_dir):
+    recipe = compressor.Recipe.from_dict({"compress_stage": {name: None for name in order}})
+    with pytest.raises(RecipeError, match="a block reduces them one way") as raised:
         compressor.compress(hf_vit_dir, recipe, progress=False, latency_runs=1)
+    assert "vit.layers.1" in str(raised.value) or "vit.encoder.layer.1" in str(raised.value)
+
+
+MERGE_EARLY = {"targets": ["re:.*layers?\\.0$"], "r": 3}
+CLIP_LATER = {"targets": ["re:.*layers?\\.1$"], "keep_ratio": 0.5}
+
+
+@pytest.mark.parametrize("order", [("token_merge", "token_clip"), ("token_clip", "token_merge")])
+def test_merging_one_block_and_clipping_another_share_the_reducer_and_reload_identically(order, hf_vit_dir, tmp_path):
+    settings = {"token_merge": MERGE_EARLY, "token_clip": CLIP_LATER}
+    recipe = compressor.Recipe.from_dict({"compress_stage": {name: settings[name] for name in order}})
+    result = compressor.compress(hf_vit_dir, recipe, progress=False, latency_runs=1)
+    tokens = result.report["passes"][0]["statistics"]["tokens_after_block"]
+    first, second = tokens.values()
+    assert first == 17 - 3  # the merge: 16 patches + the class token, 3 pairs merged
+    assert second == 1 + round(0.5 * (first - 1)) + 1  # the clip: the class token, half the rest, the fused token
+    assert result.report["flops"]["after"] < result.report["flops"]["before"]
+    reloaded = load_source(compressor.save(result, tmp_path / "out"))
+    inputs = reloaded.adapter.example_inputs(batch_size=2, seed=1)
+    assert torch.equal(_outputs(result.loaded, result.model, inputs), _outputs(reloaded, reloaded.model, inputs))
+
+
+def test_merge_and_clip_at_their_exact_settings_together_reproduce_the_model(hf_vit_dir):
+    recipe = compressor.Recipe.from_dict({"compress_stage": {"token_merge": {**MERGE_EARLY, "r": 0},
+                                                             "token_clip": {**CLIP_LATER, "keep_ratio": 1.0}}})
+    result = compressor.compress(hf_vit_dir, recipe, progress=False, latency_runs=1)
+    original = load_source(hf_vit_dir)
+    inputs = original.adapter.example_inputs(batch_size=2, seed=1)
+    difference = _outputs(original, original.model, inputs) - _outputs(result.loaded, result.model, inputs)
+    assert difference.abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("fixture", ["hf_resnet_dir", "hf_swin_dir"])

@@ -12,6 +12,7 @@ value it had then (a sparse update: it passed the remaining layers unchanged), w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -134,6 +135,16 @@ class ScheduledTokenReducer(TokenReducer):
         #: tokens entering the first block, then leaving each block, in the last forward (the report's "tokens per
     #: layer")
         self.last_tokens: list[int] = []
+
+    def add_steps(self, steps: list[MergeStep | ClipStep | None], **settings: Any) -> None:
+        """Take a second pass's steps on blocks this schedule leaves alone, with that pass's own settings
+        (`importance` from token_clip, `proportional_attention` from token_merge)."""
+        taken = [index for index, step in enumerate(steps) if step is not None and self.steps[index] is not None]
+        if taken:
+            raise ValueError(f"block {taken[0]} already has a step; two token passes cannot share a block")
+        self.steps = [new if new is not None else old for old, new in zip(self.steps, steps)]
+        for name, value in settings.items():
+            setattr(self, name, value)
 
     # --- the contract the adapters call ------------------------------------------------------------------------
     def start(self, hidden: Tensor, padding: Tensor | None = None, position: Tensor | None = None) -> None:

@@ -15,7 +15,7 @@ from compressor.errors import RecipeError
 from compressor.models.base import BlockSite, ModelAdapter, TokenStack
 from compressor.ops.token_reduction import ClipStep
 from compressor.passes.base import Param, Pass
-from compressor.passes.token_reduction import ONE_REDUCER, TokenReductionPass
+from compressor.passes.token_reduction import TokenReductionPass
 
 #: where EViT clips a 12-layer ViT (after blocks 4, 7 and 10), as fractions of the depth
 EVIT_DEPTHS = (0.25, 0.5, 0.75)
@@ -23,7 +23,6 @@ EVIT_DEPTHS = (0.25, 0.5, 0.75)
 
 class TokenClipPass(TokenReductionPass):
     name = "token_clip"
-    cannot_follow = {"token_merge": ONE_REDUCER}
     summary = "EViT-style clipping: keep the most attended tokens at chosen blocks, drop or fuse the rest."
     method = "clip"
     params = {
@@ -57,9 +56,11 @@ class TokenClipPass(TokenReductionPass):
 
     def conflict(self, adapter: ModelAdapter, sites: list[BlockSite], params: dict[str, Any], other: Pass,
                  other_sites: list) -> str | None:
-        """Ranking by mean attention needs the attention matrix, which an attention kernel (act) never forms."""
-        if other.replaces != "attention_kernel":
-            return None
+        """Ranking by mean attention needs the attention matrix, which an attention kernel (act) never forms; and
+        token_merge may not share a block (`TokenReductionPass.conflict`)."""
+        shared_reducer = super().conflict(adapter, sites, params, other, other_sites)
+        if shared_reducer is not None or other.replaces != "attention_kernel":
+            return shared_reducer
         for stack in self.token_stacks(adapter):
             if self.importance(stack, params) != "mean":
                 continue
@@ -70,6 +71,9 @@ class TokenClipPass(TokenReductionPass):
                             f"needs the full attention matrix {other.name}'s attention kernel never forms at "
                             f"{inside[0]}; leave that layer out of one of the two passes (targets/ignore)")
         return None
+
+    def reducer_settings(self, stack: TokenStack, params: dict[str, Any]) -> dict[str, Any]:
+        return {"importance": self.importance(stack, params)}
 
     def importance(self, stack: TokenStack, params: dict[str, Any]) -> str:
         """`auto`: the class token's attention where the stack has one, else the mean attention received

@@ -11,12 +11,11 @@ from typing import Any
 from compressor.models.base import BlockSite, ModelAdapter, TokenStack
 from compressor.ops.token_reduction import MergeStep
 from compressor.passes.base import Param
-from compressor.passes.token_reduction import ONE_REDUCER, TokenReductionPass
+from compressor.passes.token_reduction import TokenReductionPass
 
 
 class TokenMergePass(TokenReductionPass):
     name = "token_merge"
-    cannot_follow = {"token_clip": ONE_REDUCER}
     summary = "ToMe: merge the r most similar token pairs after every block's attention, proportional attention."
     method = "merge"
     params = {
@@ -35,3 +34,6 @@ class TokenMergePass(TokenReductionPass):
 
     def step(self, entry: dict[str, Any], params: dict[str, Any]) -> MergeStep:
         return MergeStep(int(entry["r"]))
+
+    def reducer_settings(self, stack: TokenStack, params: dict[str, Any]) -> dict[str, Any]:
+        return {"proportional_attention": bool(params["proportional_attention"])}

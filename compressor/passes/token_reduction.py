@@ -1,7 +1,9 @@
 """What `token_merge` and `token_clip` share: they rewrite the same blocks, through the adapter's token-reducing
 forward, with a per-block schedule, and report the tokens each layer really runs on.
 
-A subclass says what one block does (`step`) and what the plan records per block (`plan_entry`).
+A subclass says what one block does (`step`), what the plan records per block (`plan_entry`) and which settings of
+the stack's reducer are its own (`reducer_settings`). The two passes can share a model on different blocks (merge
+early, clip later, or the reverse): the second one adds its steps to the reducer the first installed.
 """
 
 from __future__ import annotations
@@ -13,10 +15,6 @@ from compressor.models.base import BlockSite, ModelAdapter, TokenStack
 from compressor.ops.token_reduction import ClipStep, MergeStep, ScheduledTokenReducer
 from compressor.ops.window_tokens import WindowTokenReducer
 from compressor.passes.base import Pass, PassContext
-
-#: why token_merge and token_clip exclude each other, in either order
-ONE_REDUCER = ("both drive the token reducers of the model's blocks, one token reducer per block, so they cannot run "
-               "on the same model; keep one of the two passes")
 
 
 class TokenReductionPass(Pass):
@@ -57,9 +55,22 @@ class TokenReductionPass(Pass):
     def step(self, entry: dict[str, Any], params: dict[str, Any]) -> MergeStep | ClipStep:
         """What a targeted block does, from its plan entry."""
 
-    def importance(self, stack: TokenStack, params: dict[str, Any]) -> str:
-        """How tokens are ranked where a step needs importance (clipping)."""
-        return "mean"
+    @abstractmethod
+    def reducer_settings(self, stack: TokenStack, params: dict[str, Any]) -> dict[str, Any]:
+        """This pass's settings of a stack's `ScheduledTokenReducer` (keyword arguments and attribute names)."""
+
+    def conflict(self, adapter: ModelAdapter, sites: list[BlockSite], params: dict[str, Any], other: Pass,
+                 other_sites: list) -> str | None:
+        """The other token pass may share the model, not a block: a block reduces its tokens one way. (Windowed
+        stacks, Swin's, support clipping only, so the two never share one.)"""
+        if not isinstance(other, TokenReductionPass) or other.method == self.method:
+            return None
+        shared = sorted({site.name for site in sites} & {site.name for site in other_sites})
+        if shared:
+            return (f"both reduce the tokens of {shared[0]}, and a block reduces them one way; give them different "
+                    f"blocks with targets/ignore (e.g. {other.name}.targets for the first blocks, "
+                    f"{self.name}.targets for later ones)")
+        return None
 
     def plan(self, adapter: ModelAdapter, sites: list[BlockSite], params: dict[str, Any],
              context: PassContext) -> dict[str, dict[str, Any]]:
@@ -71,15 +82,18 @@ class TokenReductionPass(Pass):
             if any(block.name in plan for block in stack.blocks):
                 steps = [self.step(plan[block.name], params) if block.name in plan else None
                          for block in stack.blocks]
-                adapter.install_token_reducer(self.reducer(stack, steps, params), stack)
+                installed = adapter.token_reducer(stack)
+                if installed is None:
+                    adapter.install_token_reducer(self.reducer(stack, steps, params), stack)
+                else:  # the other token pass came first: its reducer takes this pass's blocks too
+                    installed.add_steps(steps, **self.reducer_settings(stack, params))
 
     def reducer(self, stack: TokenStack, steps: list, params: dict[str, Any]):
         """One stack's reducer: windowed attention (Swin) keeps the same number of tokens in every window."""
         if stack.layout.window is not None:
             return WindowTokenReducer(steps)
-        return ScheduledTokenReducer(steps, len(stack.layout.prefix_tokens), importance=self.importance(stack, params),
-                                     proportional_attention=params.get("proportional_attention", True),
-                                     keep_all_tokens=stack.needs_all_tokens)
+        return ScheduledTokenReducer(steps, len(stack.layout.prefix_tokens), keep_all_tokens=stack.needs_all_tokens,
+                                     **self.reducer_settings(stack, params))
 
     def reduced_stacks(self, adapter: ModelAdapter) -> list[tuple[TokenStack, Any]]:
         """(stack, reducer) for every stack this model's blocks carry a reducer on, in forward order."""
