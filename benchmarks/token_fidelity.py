@@ -7,12 +7,14 @@
 
 Schedules: ToMe (`token_merge`, r pairs per block, proportional attention); plain bipartite merging (the same
 matching without proportional attention: the baseline ToMe must beat at equal FLOPs); EViT clipping at 1/4, 1/2 and
-3/4 of the depth with the clipped tokens fused, or dropped; one early clip (block 1 only). FLOPs are counted by
+3/4 of the depth with the clipped tokens fused, or dropped; one early clip (block 1 only); both passes on one model
+(ToMe in blocks 0-2, one clip keeping half the tokens after block 3). FLOPs are counted by
 torch's FLOP counter on the first evaluation batch, as a ratio to the original model's. Every setting goes through
 `compressor.compress`, as a user would run it.
 
-    python benchmarks/token_fidelity.py             # ≈ 15 min; writes JSON and docs/token_fidelity.png
+    python benchmarks/token_fidelity.py             # ≈ 35 min; writes JSON and docs/token_fidelity.png
     python benchmarks/token_fidelity.py --quick
+    python benchmarks/token_fidelity.py --schedules "ToMe early + clip later"   # one schedule; keeps the others
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import compressor  # noqa: E402
+from compressor.recipe import Recipe  # noqa: E402
 from compressor.evaluate.cost import count_flops  # noqa: E402
 from compressor.evaluate.fidelity import per_example_cosine, primary_outputs  # noqa: E402
 from compressor.sources import load_source  # noqa: E402
@@ -46,6 +49,12 @@ SCHEDULES = {
                            [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], [0.9, 0.7, 0.5]),
     "one clip after block 1": ("token-clip", ["token_clip.targets=['re:.*layers?\\.1$']"], "token_clip.keep_ratio",
                                [0.8, 0.6, 0.4, 0.3, 0.2], [0.8, 0.6, 0.4]),
+    "ToMe early + clip later": (Recipe.from_dict({"description": "ToMe in blocks 0-2, clipping after block 3",
+                                                  "compress_stage": {
+                                                      "token_merge": {"targets": ["re:.*layers?\\.[0-2]$"]},
+                                                      "token_clip": {"targets": ["re:.*layers?\\.3$"],
+                                                                     "keep_ratio": 0.5}}}),
+                                [], "token_merge.r", [4, 8, 12, 16], [8, 16, 32]),
 }
 
 
@@ -80,10 +89,12 @@ def make_task(name: str, quick: bool) -> Task:
     return Task("all-MiniLM-L6-v2", minilm_source(), minilm_batches(8 if quick else 24), None, "cosine")
 
 
-def benchmark(task: Task, quick: bool) -> dict:
+def benchmark(task: Task, quick: bool, schedules: list[str]) -> dict:
     print(f"\n{task.name}: original {task.metric} {task.exact:.4f}", flush=True)
     curves = {}
     for label, (recipe, fixed, swept, vit_values, minilm_values) in SCHEDULES.items():
+        if label not in schedules:
+            continue
         values = vit_values if task.metric == "top1" else minilm_values
         points = []
         for value in values[::3] if quick else values:
@@ -123,11 +134,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small smoke run (fewer examples and settings)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "token_fidelity.json")
     parser.add_argument("--plot", type=Path, default=HERE.parent / "docs" / "token_fidelity.png")
+    parser.add_argument("--schedules", nargs="+", choices=list(SCHEDULES), default=list(SCHEDULES),
+                        help="measure only these; the others keep their curves from --out")
     args = parser.parse_args()
     torch.manual_seed(0)
+    earlier = {result["model"]: result for result in json.loads(args.out.read_text())["results"]} \
+        if args.out.exists() and set(args.schedules) != set(SCHEDULES) else {}
     results = []
     for name in args.models:
-        result = benchmark(make_task(name, args.quick), args.quick)
+        result = benchmark(make_task(name, args.quick), args.quick, args.schedules)
+        kept = earlier.get(result["model"], {}).get("curves", {})
+        result["curves"] = {label: result["curves"].get(label) or kept[label] for label in SCHEDULES
+                            if label in result["curves"] or label in kept}
         result["tome_vs_plain"] = compare_merging(result)
         wins = sum(row["tome"] >= row["plain"] for row in result["tome_vs_plain"])
         print(f"  ToMe ≥ plain bipartite merging at {wins} of {len(result['tome_vs_plain'])} FLOPs levels")
