@@ -16,6 +16,8 @@ trains the float parameters around it.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,8 +29,10 @@ from compressor.ops.int8_weights import (dequantize, fake_quantize_activations, 
 ACTIVATION_MODES = ("dynamic", "none")
 
 
+@functools.cache
 def dynamic_kernel_available() -> bool:
-    """Whether this torch still has its dynamic int8 linear (torch.ao's quantized ops, deprecated upstream)."""
+    """Whether this torch still has its dynamic int8 linear (torch.ao's quantized ops, deprecated upstream); asked
+    once, not on every forward."""
     try:
         return bool(torch.ops.quantized.linear_dynamic and torch.ops.quantized.linear_prepack)
     except (AttributeError, RuntimeError):
