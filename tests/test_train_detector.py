@@ -79,6 +79,16 @@ def test_resume_with_new_learning_rates_trains_at_them_and_records_the_change(tm
     assert state["schedule_changes"][0]["step"] == 0 and len(state["schedule_changes"]) == 2
 
 
+def test_stop_at_ends_training_early_on_the_full_schedule_and_the_card_says_how_to_repeat_it(tmp_path):
+    run_dir = tmp_path / "run"
+    assert train("--quick", "--run-dir", str(run_dir), "--steps", "6", "--stop-at", "3") == 0
+    assert [record["step"] for record in events(run_dir, "detector_train")] == [1, 2, 3]
+    assert [record["step"] for record in events(run_dir, "detector_eval")] == [3]  # the last step is scored
+    info = json.loads((run_dir / "export" / "train_info.json").read_text())
+    assert info["steps"] == 3 and info["schedule_changes"][0]["lr_drop_step"] == int(0.85 * 6)
+    assert "--stop-at 3" in (run_dir / "export" / "README.md").read_text()
+
+
 def test_export_loads_with_its_processor_and_keeps_val_canvases_at_their_size(quick_run, tmp_path):
     from PIL import Image
     from transformers import ConditionalDetrForObjectDetection, ConditionalDetrImageProcessor
