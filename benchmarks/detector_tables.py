@@ -95,9 +95,15 @@ def calibrated_settings() -> list[Setting]:
                     [f"act.fidelity_target={target}"]) for target in CALIBRATED_TARGETS]
 
 
+#: token_clip's rankings without a class token, as the clip table names them
+CLIP_RANKINGS = {"mean": "mean-attention ranking", "value_norm": "value-norm ranking"}
+
+
 def clip_settings() -> list[Setting]:
-    return [Setting("clip", f"token clip keep {keep}", "token-clip", [f"token_clip.keep_ratio={keep}"])
-            for keep in CLIP_KEEP]
+    """Each ranking named explicitly (not `auto`), so that a row keeps its meaning if the default changes."""
+    return [Setting("clip", f"token clip keep {keep}, {label}", "token-clip",
+                    [f"token_clip.keep_ratio={keep}", f"token_clip.importance={ranking}"])
+            for ranking, label in CLIP_RANKINGS.items() for keep in CLIP_KEEP]
 
 
 def mtkd_settings(steps: int, batch: int = DISTILL_BATCH) -> list[Setting]:
@@ -301,7 +307,8 @@ def short_label(row: dict) -> str:
         clustered = setting.replace("cluster ", "").split(" L=")[0]
         return "" if clustered == "queries" else clustered
     if row["table"] == "clip":
-        return setting.replace("token clip ", "")
+        return setting.replace("token clip ", "").replace(", value-norm ranking", ", |v|").replace(
+            ", mean-attention ranking", ", mean")
     if row["table"] == "mtkd":  # "before" is the ACT L = 16 point itself
         return "control" if "control" in setting else "MTKD" if "after" in setting else ""
     return setting.split(" after")[0]
@@ -381,7 +388,7 @@ def check_inputs(args) -> None:
 
 def merge(paths: list[Path]) -> tuple[dict, list[dict]]:
     """Rows of several runs of this script (tables run in parallel), the first run's exact row only; the runs must
-    share the detector, val set, limit and distill steps."""
+    share the detector, val set, limit and distill steps. A setting measured again in a later run replaces its row."""
     runs = [json.loads(path.read_text()) for path in paths]
     shared = ("detector", "val", "limit", "distill_steps", "distill_batch", "calib_samples")
     for path, run in zip(paths[1:], runs[1:]):
@@ -389,7 +396,8 @@ def merge(paths: list[Path]) -> tuple[dict, list[dict]]:
         if differing:
             raise CompressorError(f"{path} was measured with another {', '.join(differing)} than {paths[0]}; merge "
                                   "runs of the same detector and settings only")
-    rows = runs[0]["rows"][:1] + [row for run in runs for row in run["rows"] if row["setting"] != "exact"]
+    by_setting = {row["setting"]: row for run in runs for row in run["rows"] if row["setting"] != "exact"}
+    rows = runs[0]["rows"][:1] + list(by_setting.values())
     return {key: value for key, value in runs[0].items() if key != "rows"}, rows
 
 
@@ -439,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     calib = ensure_calibration_canvases(Path(args.calib), args.calib_count)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="detector-tables-"))
+    workdir.mkdir(parents=True, exist_ok=True)  # a fresh --workdir, so that an hour's run does not fail at its first student
     context = Context(args.detector, args.val, calib, args.limit, args.calib_samples, workdir,
                       cost_check_rows=args.cost_check_rows)
     info_path = args.detector / "train_info.json"

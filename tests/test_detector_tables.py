@@ -51,8 +51,8 @@ def test_every_row_has_finite_ap_and_the_exact_row_is_the_original_models_ap(tin
     root, context = tiny_setup
     rows = detector_tables.run_tables(context, ["act", "clip"], distill_steps=1, log=lambda line: None)
     names = [row["setting"] for row in rows]
-    assert names[0] == "exact" and "ACT L=32 r=8, every layer" in names and "token clip keep 0.5" in names
-    assert len(rows) == 1 + len(detector_tables.ACT_ROUNDS) + len(detector_tables.CLIP_KEEP)
+    assert names[0] == "exact" and "ACT L=32 r=8, every layer" in names and "token clip keep 0.5, value-norm ranking" in names
+    assert len(rows) == 1 + len(detector_tables.ACT_ROUNDS) + len(detector_tables.CLIP_KEEP) * 2  # two rankings
     assert all(math.isfinite(row["AP"]) and math.isfinite(row["gflops_total"]) for row in rows)
     original = evaluate(load_source(root / "detector"), load_eval_data(str(root / "val"), None), progress=False)
     assert rows[0]["AP"] == original["metrics"]["AP"]
@@ -98,6 +98,15 @@ def test_runs_made_in_parallel_merge_into_one_table_with_one_exact_row(tiny_setu
     assert [row["setting"] for row in rows].count("exact") == 1
     assert {row["table"] for row in rows[1:]} == {"clip", "calibrated"}
     assert (tmp_path / "merged.png").stat().st_size > 0
+    # a table measured again (here: the clip run, one row changed) replaces its rows, in their place
+    again = json.loads(outputs[0].read_text())
+    again["rows"][1]["AP"] = -1.0
+    (tmp_path / "again.json").write_text(json.dumps(again))
+    assert detector_tables.main(["--merge", *map(str, outputs), str(tmp_path / "again.json"), "--out", str(merged),
+                                 "--plot", str(tmp_path / "merged.png")]) == 0
+    remerged = json.loads(merged.read_text())["rows"]
+    assert [row["setting"] for row in remerged] == [row["setting"] for row in rows]
+    assert remerged[1]["setting"] == again["rows"][1]["setting"] and remerged[1]["AP"] == -1.0
 
 
 def test_merging_runs_of_different_detectors_is_refused_in_one_line(tmp_path, capsys):

@@ -226,6 +226,29 @@ def test_detr_sparse_encoder_keeps_the_full_feature_map_for_the_decoder(hf_detr_
     assert int(unchanged.sum()) == tokens - tokens // 2
 
 
+def test_value_norm_clipping_reproduces_the_model_at_keep_1_and_runs_under_act(hf_detr_dir):
+    """Ranking by value norms needs no attention matrix, so ACT's kernel may serve the same layers; with singleton
+    clusters (ACT exact) the pair computes what clipping alone computes."""
+    original = load_source(hf_detr_dir)
+    inputs = original.adapter.example_inputs(batch_size=2, seed=3)
+    exact = _compress(hf_detr_dir, "token-clip", "token_clip.keep_ratio=1", "token_clip.importance=value_norm")
+    diff = _outputs(original, original.model, inputs) - _outputs(exact.loaded, exact.model, inputs)
+    assert diff.abs().max().item() <= 1e-5
+    clip = {"keep_ratio": 0.5, "importance": "value_norm"}
+    both = compressor.compress(hf_detr_dir, compressor.Recipe.from_dict(
+        {"compress_stage": {"act": {"rounds": 4, "bucket_width": 1e-5}, "token_clip": clip}}),
+        progress=False, latency_runs=1)
+    alone = _compress(hf_detr_dir, "token-clip", "token_clip.keep_ratio=0.5", "token_clip.importance=value_norm")
+    assert both.report["flops"]["after"] < both.report["flops"]["before"]
+    diff = _outputs(both.loaded, both.model, inputs) - _outputs(alone.loaded, alone.model, inputs)
+    assert diff.abs().max().item() <= 1e-4
+
+
+def test_value_norm_ranking_in_windowed_attention_is_a_recipe_error(hf_swin_dir):
+    with pytest.raises(RecipeError, match="windowed attention"):
+        _compress(hf_swin_dir, "token-clip", "token_clip.importance=value_norm")
+
+
 def test_cli_refuses_clipping_by_mean_attention_under_act_with_exit_2(hf_detr_dir, tmp_path, capsys):
     from compressor.cli import main
 

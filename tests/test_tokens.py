@@ -65,6 +65,18 @@ def test_mean_importance_is_the_attention_each_token_receives():
     assert torch.allclose(importance.sum(-1), torch.ones(2))
 
 
+def test_value_norm_importance_is_each_tokens_value_norm_and_padding_ranks_last():
+    torch.manual_seed(4)
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    output, importance = attend(torch.nn.Module(), q, k, v, 0.5, None, importance="value_norm")
+    assert torch.allclose(output, torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.5), atol=1e-6)
+    assert torch.allclose(importance, v.norm(dim=-1).mean(dim=1), atol=1e-6)
+    size = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0], [1.0] * 5])  # the first row's last two tokens are padding
+    _, padded = attend(torch.nn.Module(), q, k, v, 0.5, size_bias(size), importance="value_norm", query_size=size)
+    assert padded[0, 3:].eq(0).all() and padded[0, :3].gt(0).all()
+    assert padded[0].topk(3).indices.sort().values.tolist() == [0, 1, 2]
+
+
 def test_unmerge_gives_every_original_token_the_value_of_the_token_carrying_it():
     torch.manual_seed(4)
     reducer = ScheduledTokenReducer([MergeStep(3), ClipStep(0.5, fuse=False)], prefix=1, importance="mean",

@@ -54,7 +54,10 @@ def attend(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, scale: 
 
     - "cls": the attention the first token (the class token) pays to each token; one extra query row;
     - "mean": the attention each token receives, averaged over the (size-weighted) queries; this needs the whole
-      attention matrix, so attention runs eagerly (the same FLOPs as SDPA).
+      attention matrix, so attention runs eagerly (the same FLOPs as SDPA);
+    - "value_norm": the norm of each token's value vector, what it can add to the others' outputs (Kobayashi et
+      al. 2020: attention weights alone overlook it); nothing but the values, so any kernel (SDPA, act) attends.
+      Zero-size tokens (padding) rank last.
 
     A replacement kernel installed on `module` (the `act` pass) computes the attention; it receives `bias` as an
     additive key mask. Mean importance needs the full attention matrix a kernel never forms, so that combination
@@ -86,6 +89,9 @@ def attend(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, scale: 
         output = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale)
     if importance is None:
         return output, None
+    if importance == "value_norm":
+        norms = value.norm(dim=-1).mean(dim=1)
+        return output, norms if query_size is None else norms * (query_size > 0)
     logits = torch.matmul(query[:, :, :1], key.transpose(-1, -2)) * scale
     if bias is not None:
         logits = logits + bias

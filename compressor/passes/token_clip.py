@@ -1,7 +1,8 @@
 """Token clipping (EViT, Liang et al. 2022; sparse encoder updates as in Sparse DETR, Roh et al. 2022): after a
 targeted block's attention, only the most important tokens go on; the rest are dropped, or fused into one extra
 token weighted by their importance. Importance is the attention received from the class token where there is one,
-else the mean attention received. Where the output needs every token (DETR's decoder, BERT's token states), the
+else the mean attention received; or, chosen by the user, the norm of each token's value vector, which keeps a
+detector's object tokens where mean attention drops them (docs/passes.md). Where the output needs every token (DETR's decoder, BERT's token states), the
 tokens that left are put back at the end with the value they had when they left: they passed the remaining
 layers unchanged. In windowed attention (Swin) every window keeps the same number of tokens, in every block after
 the first (see `compressor.ops.window_tokens`).
@@ -32,8 +33,10 @@ class TokenClipPass(TokenReductionPass):
         "fuse": Param("bool", True, "Fuse the clipped tokens into one extra token, their importance-weighted "
                       "average (EViT); `false` drops them."),
         "importance": Param("str", "auto", "How tokens are ranked: `cls` (attention received from the class "
-                            "token), `mean` (mean attention received; needs the full attention matrix), or "
-                            "`auto` (`cls` where the model has a class token).", choices=("auto", "cls", "mean")),
+                            "token), `mean` (mean attention received; needs the full attention matrix), "
+                            "`value_norm` (the norm of each token's value vector; any attention kernel), or "
+                            "`auto` (`cls` where the model has a class token, else `mean`).",
+                            choices=("auto", "cls", "mean", "value_norm")),
     }
 
     def default_stack_sites(self, stack: TokenStack, candidates: list[BlockSite]) -> list[BlockSite]:
@@ -72,6 +75,13 @@ class TokenClipPass(TokenReductionPass):
                             f"{inside[0]}; leave that layer out of one of the two passes (targets/ignore)")
         return None
 
+    def check_settings(self, adapter: ModelAdapter, sites: list[BlockSite], params: dict[str, Any]) -> None:
+        """A ranking a targeted stack cannot give is refused up front (windowed stacks, whose reducer takes no
+        settings, included)."""
+        for stack in self.token_stacks(adapter):
+            if any(stack.owns(site.name) for site in sites):
+                self.importance(stack, params)
+
     def reducer_settings(self, stack: TokenStack, params: dict[str, Any]) -> dict[str, Any]:
         return {"importance": self.importance(stack, params)}
 
@@ -79,6 +89,10 @@ class TokenClipPass(TokenReductionPass):
         """`auto`: the class token's attention where the stack has one, else the mean attention received
         (windowed stacks always rank by the attention received inside each window)."""
         has_cls = stack.layout.prefix_tokens[:1] == ("cls",)
+        if params["importance"] == "value_norm" and stack.layout.window is not None:
+            raise RecipeError(f"token_clip.importance: `value_norm` is not available in windowed attention, and "
+                              f"{stack.name} ranks its tokens inside each window by the attention they receive; "
+                              "use `auto`")
         if params["importance"] == "cls" and not has_cls:
             raise RecipeError(f"token_clip.importance: `cls` needs a class token, and {stack.name} has none; use "
                               "`mean` or `auto`")
