@@ -127,9 +127,12 @@ def control_setting(steps: int, batch: int = DISTILL_BATCH) -> Setting:
 
 
 def pe_max_settings(steps: int) -> list[Setting]:
+    """The two recipes as shipped, and detr-max with its clipping ranked by value norms (the clip table's finding)."""
     train = [f"distill.steps={steps}", f"distill.batch_size={DISTILL_BATCH}"]
-    return [Setting("pe-max", f"{name} after distill ({steps} steps)", name, list(train), distill=True)
-            for name in ("detr-pe", "detr-max")]
+    return [*(Setting("pe-max", f"{name} after distill ({steps} steps)", name, list(train), distill=True)
+              for name in ("detr-pe", "detr-max")),
+            Setting("pe-max", f"detr-max, value-norm clipping, after distill ({steps} steps)", "detr-max",
+                    [*train, "token_clip.importance=value_norm"], distill=True)]
 
 
 #: an ACT recipe ending with the distill step: MTKD (the built-in `act` has no distill step)
@@ -311,7 +314,7 @@ def short_label(row: dict) -> str:
             ", mean-attention ranking", ", mean")
     if row["table"] == "mtkd":  # "before" is the ACT L = 16 point itself
         return "control" if "control" in setting else "MTKD" if "after" in setting else ""
-    return setting.split(" after")[0]
+    return setting.split(" after")[0].rstrip(",").replace(", value-norm clipping", ", |v| clip")
 
 
 def plot(rows: list[dict], path: Path, title: str) -> bool:
