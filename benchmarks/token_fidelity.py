@@ -7,7 +7,8 @@
 
 Schedules: ToMe (`token_merge`, r pairs per block, proportional attention); plain bipartite merging (the same
 matching without proportional attention: the baseline ToMe must beat at equal FLOPs); EViT clipping at 1/4, 1/2 and
-3/4 of the depth with the clipped tokens fused, or dropped; one early clip (block 1 only); both passes on one model
+3/4 of the depth with the clipped tokens fused, or dropped, or fused and ranked by value norms instead of the class
+token's attention; one early clip (block 1 only); both passes on one model
 (ToMe in blocks 0-2, one clip keeping half the tokens after block 3). FLOPs are counted by
 torch's FLOP counter on the first evaluation batch, as a ratio to the original model's. Every setting goes through
 `compressor.compress`, as a user would run it.
@@ -45,6 +46,8 @@ SCHEDULES = {
                                 [2, 4, 6, 8, 10, 12, 14, 16], [4, 8, 16, 24, 32, 48]),
     "EViT clip, fused (blocks at 1/4, 1/2, 3/4)": ("token-clip", [], "token_clip.keep_ratio",
                                                   [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], [0.9, 0.8, 0.7, 0.5, 0.3]),
+    "EViT clip, fused, value-norm ranking": ("token-clip", ["token_clip.importance=value_norm"],
+                                             "token_clip.keep_ratio", [0.9, 0.7, 0.5, 0.3], [0.9, 0.7, 0.5, 0.3]),
     "EViT clip, dropped": ("token-clip", ["token_clip.fuse=false"], "token_clip.keep_ratio",
                            [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], [0.9, 0.7, 0.5]),
     "one clip after block 1": ("token-clip", ["token_clip.targets=['re:.*layers?\\.1$']"], "token_clip.keep_ratio",
