@@ -19,6 +19,7 @@ from PIL import Image
 
 import compressor
 from compressor.sources import load_source
+from probes import output_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DETECTOR = ROOT / "benchmarks" / "fixtures" / "detector-cifar-canvases"
@@ -26,8 +27,9 @@ STRIDE = 8
 
 
 @pytest.fixture(scope="module")
-def canvases(tmp_path_factory) -> tuple[list[Image.Image], list[torch.Tensor]]:
-    """Six val canvases and, for each, which cells of the 32×32 feature map an object covers."""
+def canvases(tmp_path_factory) -> tuple[list[dict], list[torch.Tensor], list[torch.Tensor]]:
+    """Six val canvases (model inputs), for each which cells of the 32×32 feature map an object covers, and the
+    original detector's first encoder layer output on it."""
     sys.path.insert(0, str(ROOT / "benchmarks" / "fixtures"))
     import detector_canvases
 
@@ -43,29 +45,20 @@ def canvases(tmp_path_factory) -> tuple[list[Image.Image], list[torch.Tensor]]:
             x, y, width, height = box
             cells[int(y) // STRIDE:-(-int(y + height) // STRIDE), int(x) // STRIDE:-(-int(x + width) // STRIDE)] = True
         covered.append(cells.flatten())
-    return images, covered
+    original = load_source(DETECTOR)
+    inputs = [original.adapter.prepare_inputs([image]) for image in images]
+    first = [output_of(original.model.model.encoder.layers[0], original.model, one)[0] for one in inputs]
+    return inputs, covered, first
 
 
-def _encoder_output(model, inputs, layer: int) -> torch.Tensor:
-    seen = {}
-    hook = model.model.encoder.layers[layer].register_forward_hook(lambda m, a, out: seen.setdefault("x", out))
-    with torch.no_grad():
-        model(**inputs)
-    hook.remove()
-    return seen["x"][0] if isinstance(seen["x"], tuple) else seen["x"]
-
-
-def _object_cells_kept(importance: str, images, covered) -> float:
+def _object_cells_kept(importance: str, inputs, covered, first_layer_outputs) -> float:
     result = compressor.compress(DETECTOR, "token-clip", overrides=["token_clip.keep_ratio=0.7",
                                                                     "token_clip.fuse=false",
                                                                     f"token_clip.importance={importance}"],
                                  progress=False, latency_runs=1)
-    original = load_source(DETECTOR)
     kept = total = 0
-    for image, cells in zip(images, covered):
-        inputs = original.adapter.prepare_inputs([image])
-        first = _encoder_output(original.model, inputs, 0)[0]
-        last = _encoder_output(result.model, inputs, -1)[0]
+    for one, cells, first in zip(inputs, covered, first_layer_outputs):
+        last = output_of(result.model.model.encoder.layers[-1], result.model, one)[0]
         stayed = (last - first).abs().amax(dim=-1) > 1e-5  # a token that left still holds its first-layer state
         assert int(stayed.sum()) == round(0.7 * len(stayed))
         kept += int((stayed & cells).sum())

@@ -10,6 +10,7 @@ import compressor
 from compressor.errors import CompressorError, RecipeError
 from compressor.evaluate.cost import count_flops
 from compressor.sources import load_source
+from probes import output_of
 
 TOKEN_FAMILIES = ["hf_vit_dir", "hf_deit_dir", "hf_bert_dir", "timm_vit_dir", "timm_deit_dir", "hf_detr_dir"]
 #: families with windowed attention: clipping only, the same number of tokens kept in every window
@@ -201,25 +202,15 @@ def test_class_importance_without_a_class_token_is_a_recipe_error(hf_detr_dir):
         _compress(hf_detr_dir, "token-clip", "token_clip.importance=cls")
 
 
-def _encoder_layer_outputs(model, inputs, *indices):
-    seen = {}
-    layers = model.model.encoder.layers
-    hooks = [layers[i].register_forward_hook(lambda m, a, out, i=i: seen.setdefault(i, out)) for i in indices]
-    with torch.no_grad():
-        model(**inputs)
-    for hook in hooks:
-        hook.remove()
-    return [seen[i] for i in indices]
-
-
 def test_detr_sparse_encoder_keeps_the_full_feature_map_for_the_decoder(hf_detr_dir):
     """Clipping after the first encoder layer: later layers update half the tokens, the decoder still
     cross-attends every position, and positions that left keep their first-layer state."""
     result = _compress(hf_detr_dir, "token-clip", "token_clip.keep_ratio=0.5", "token_clip.fuse=false")
     inputs = result.loaded.adapter.example_inputs(batch_size=1, seed=2)
     tokens = result.loaded.adapter.token_layout(inputs).sequence_length
-    (last,) = _encoder_layer_outputs(result.model, inputs, -1)
-    (first_original,) = _encoder_layer_outputs(load_source(hf_detr_dir).model, inputs, 0)
+    last = output_of(result.model.model.encoder.layers[-1], result.model, inputs)
+    original = load_source(hf_detr_dir).model
+    first_original = output_of(original.model.encoder.layers[0], original, inputs)
     assert last.shape[1] == tokens
     assert result.report["passes"][0]["statistics"]["tokens_after_block"]["model.encoder.layers.0"] == tokens // 2
     unchanged = (last - first_original).abs().amax(dim=-1)[0] <= 1e-5
