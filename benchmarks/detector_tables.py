@@ -13,10 +13,10 @@ Tables (`--tables`, any of):
               the paper); `--cost-check-rows` adds the same with the default cost check
   calibrated  `act-calibrated` (per-layer widths) at two fidelity targets
   table2      the paper's Table 2: clustering queries, keys, both, at similar FLOPs (see TABLE2)
-  clip        token clipping in the encoder, keep 0.7 and 0.5
+  clip        token clipping in the encoder, keep 0.7 and 0.5, ranked by mean attention and by value norms
   mtkd        the L = 16 ACT model before and after MTKD (ACT path and exact path trained together, KD weight 1),
               and the exact model after the same steps (the control)
-  pe-max      `detr-pe` and `detr-max` after their distill steps
+  pe-max      `detr-pe` and `detr-max` after their distill steps, and `detr-max` with value-norm clipping
 
     python benchmarks/detector_tables.py --detector DIR --val /work/detector-data/val [--tables ...] [--limit N]
         [--distill-steps N] [--calib DIR] [--out JSON] [--plot PNG]
